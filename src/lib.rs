@@ -1,0 +1,13 @@
+//! pgward: a transparent PostgreSQL wire-protocol proxy that guards data.
+//!
+//! Module map (see DESIGN.md): `config` (TOML schema), `wire` (framing and the
+//! messages pgward builds), `proxy` (listener, sessions, relay, upstream),
+//! `tls` (rustls setup), `cluster` (throwaway Postgres for `demo` and tests),
+//! `logging`.
+
+pub mod cluster;
+pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod tls;
+pub mod wire;

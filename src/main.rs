@@ -1,0 +1,184 @@
+//! The `pgward` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use pgward::config::{Config, ConfigError};
+use pgward::proxy::Proxy;
+
+#[derive(Parser)]
+#[command(name = "pgward", version, about = "A transparent PostgreSQL proxy that guards your data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (TOML). Without one, built-in defaults apply.
+        #[arg(long, env = "PGWARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding listen.addresses.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Upstream HOST:PORT, overriding upstream.host/port.
+        #[arg(long, conflicts_with = "upstream_socket")]
+        upstream: Option<String>,
+        /// Upstream unix socket directory, overriding upstream.socket_dir.
+        #[arg(long)]
+        upstream_socket: Option<PathBuf>,
+    },
+    /// Validate a config file; exit 1 with line and column on error.
+    Check { file: PathBuf },
+    /// Start a throwaway local Postgres and pgward in front of it.
+    Demo {
+        /// Config file for pgward (default: config/pgward.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Port pgward listens on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            listen,
+            upstream,
+            upstream_socket,
+        } => run(config, listen, upstream, upstream_socket),
+        Command::Check { file } => return check(&file),
+        Command::Demo { config, port } => pgward_demo(config, port),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    upstream: Option<String>,
+    upstream_socket: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut cfg = load_config(config.as_ref())?;
+    if let Some(listen) = listen {
+        cfg.listen.addresses = vec![listen];
+    }
+    if let Some(up) = upstream {
+        let (host, port) = up
+            .rsplit_once(':')
+            .with_context(|| format!("--upstream {up:?} is not HOST:PORT"))?;
+        cfg.upstream.host = host.trim_matches(['[', ']']).to_string();
+        cfg.upstream.port = port
+            .parse()
+            .with_context(|| format!("--upstream {up:?}: bad port"))?;
+        cfg.upstream.socket_dir = None;
+    }
+    if let Some(dir) = upstream_socket {
+        cfg.upstream.socket_dir = Some(dir);
+    }
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    pgward::logging::init(&cfg.log);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let proxy = Proxy::bind(cfg).await?;
+        proxy.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+fn check(file: &PathBuf) -> ExitCode {
+    match Config::load(file) {
+        Ok(cfg) => match pgward::tls::client_acceptor(&cfg.client_tls)
+            .map(|_| ())
+            .and_then(|_| {
+                pgward::tls::upstream_connector(&cfg.upstream.tls, &cfg.upstream.host).map(|_| ())
+            }) {
+            Ok(()) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
+    let config_path = config.or_else(|| {
+        let p = PathBuf::from("config/pgward.toml");
+        p.exists().then_some(p)
+    });
+    let mut cfg = load_config(config_path.as_ref())?;
+    pgward::logging::init(&cfg.log);
+    eprintln!("pgward demo: starting a throwaway PostgreSQL cluster…");
+    let cluster = pgward::cluster::PgCluster::start(pgward::cluster::ClusterOptions::default())
+        .context("starting the demo PostgreSQL cluster")?;
+    cluster
+        .psql(
+            "postgres",
+            "CREATE ROLE demo LOGIN PASSWORD 'demo' CREATEDB; CREATE DATABASE demo OWNER demo;",
+        )
+        .context("creating the demo role and database")?;
+    cfg.listen.addresses = vec![format!("127.0.0.1:{port}")];
+    cfg.upstream.host = "127.0.0.1".into();
+    cfg.upstream.port = cluster.port;
+    cfg.upstream.socket_dir = None;
+    cfg.client_tls = Default::default();
+    cfg.upstream.tls = Default::default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async {
+        let proxy = Proxy::bind(cfg).await?;
+        let addr = proxy.local_addrs()[0];
+        println!();
+        println!("pgward is running in front of PostgreSQL on port {}.", cluster.port);
+        println!("Connect with:");
+        println!(
+            "  PGPASSWORD=demo psql \"host={} port={} user=demo dbname=demo\"",
+            addr.ip(),
+            addr.port()
+        );
+        println!("Press Ctrl-C to stop and remove everything.");
+        proxy.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    drop(runtime);
+    eprintln!("pgward demo: stopping PostgreSQL and removing its data directory");
+    drop(cluster);
+    result
+}

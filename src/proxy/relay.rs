@@ -1,0 +1,321 @@
+//! The byte pump: after startup, client and server are read concurrently and
+//! frames are forwarded by their header.
+//!
+//! Each direction writes whatever one read produced as a single write, so
+//! pipelined messages stay coalesced and a Flush or a NOTIFY is forwarded the
+//! moment it arrives — nothing ever waits for the other direction. Only the
+//! frames `SessionSeams` asks for are buffered whole; rows and COPY data are
+//! streamed through, even when a frame spans many reads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::seams::{BackendAction, FrontendAction, SessionSeams};
+use super::stream::{ClientStream, UpstreamStream};
+use crate::wire::errors::{sqlstate, PgError};
+use crate::wire::frame::{self, frontend};
+
+/// Read buffers start at this size and are kept at least this free before a read.
+const READ_CHUNK: usize = 8 * 1024;
+/// A buffer that grew past this for one huge frame is released once drained.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    pub max_message_size: usize,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    ClientTerminated,
+    ClientClosed,
+    ServerClosed,
+    ClientProtocolViolation(String),
+    IdleTimeout,
+    ClientIo(std::io::Error),
+    ServerIo(std::io::Error),
+}
+
+/// Byte counters, readable after the relay ended.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub from_client: AtomicU64,
+    pub from_server: AtomicU64,
+}
+
+type ClientWriter = AsyncMutex<WriteHalf<ClientStream>>;
+
+/// Relay until either side ends. `client_pending`/`server_pending` are bytes
+/// already read during startup that belong to the relay phase.
+pub async fn relay(
+    client: ClientStream,
+    server: UpstreamStream,
+    client_pending: BytesMut,
+    server_pending: BytesMut,
+    seams: &Mutex<SessionSeams>,
+    limits: RelayLimits,
+    traffic: &Traffic,
+) -> RelayEnd {
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let client_write: ClientWriter = AsyncMutex::new(client_write);
+    let backend_mid_frame = AtomicBool::new(false);
+
+    let end = {
+        let up = pump_frontend(
+            client_read,
+            server_write,
+            client_pending,
+            seams,
+            &client_write,
+            &backend_mid_frame,
+            limits,
+            traffic,
+        );
+        let down = pump_backend(
+            server_read,
+            &client_write,
+            server_pending,
+            seams,
+            &backend_mid_frame,
+            traffic,
+        );
+        tokio::select! {
+            end = up => end,
+            end = down => end,
+        }
+    };
+    let mut w = client_write.lock().await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+    end
+}
+
+fn lock(seams: &Mutex<SessionSeams>) -> std::sync::MutexGuard<'_, SessionSeams> {
+    seams.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ensure_read_space(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump_frontend(
+    mut reader: ReadHalf<ClientStream>,
+    mut writer: WriteHalf<UpstreamStream>,
+    mut buf: BytesMut,
+    seams: &Mutex<SessionSeams>,
+    client_write: &ClientWriter,
+    backend_mid_frame: &AtomicBool,
+    limits: RelayLimits,
+    traffic: &Traffic,
+) -> RelayEnd {
+    // Bytes of the current frame still to stream through unexamined.
+    let mut passthrough = 0usize;
+    loop {
+        let mut start = 0usize;
+        let mut pos = 0usize;
+        let mut terminated = false;
+        let mut replaced = false;
+        let mut violation = None;
+        while pos < buf.len() {
+            if passthrough > 0 {
+                let n = passthrough.min(buf.len() - pos);
+                pos += n;
+                passthrough -= n;
+                continue;
+            }
+            let header = match frame::parse_header(&buf[pos..], limits.max_message_size) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    violation = Some(e.to_string());
+                    break;
+                }
+            };
+            if SessionSeams::wants_frontend(header.tag) {
+                if buf.len() - pos < header.frame_len {
+                    buf.reserve(header.frame_len - (buf.len() - pos));
+                    break;
+                }
+                let body = &buf[pos + frame::Header::SIZE..pos + header.frame_len];
+                let action = lock(seams).on_frontend(header.tag, body);
+                match action {
+                    FrontendAction::Forward => pos += header.frame_len,
+                    FrontendAction::Replace(bytes) => {
+                        if let Err(e) = write_pair(&mut writer, &buf[start..pos], &bytes).await {
+                            return RelayEnd::ServerIo(e);
+                        }
+                        pos += header.frame_len;
+                        start = pos;
+                        replaced = true;
+                    }
+                }
+            } else if header.tag == frontend::TERMINATE {
+                pos += header.frame_len;
+                passthrough = 0;
+                terminated = true;
+                break;
+            } else {
+                passthrough = header.frame_len;
+            }
+        }
+        if start < pos || replaced {
+            if let Err(e) = write_flush(&mut writer, &buf[start..pos]).await {
+                return RelayEnd::ServerIo(e);
+            }
+            traffic
+                .from_client
+                .fetch_add((pos - start) as u64, Ordering::Relaxed);
+        }
+        buf.advance(pos);
+        if terminated {
+            let _ = writer.flush().await;
+            return RelayEnd::ClientTerminated;
+        }
+        if let Some(reason) = violation {
+            tracing::warn!(%reason, "closing session: protocol violation from client");
+            // Stop the server cleanly: we are at a frame boundary upstream.
+            let _ = writer.write_all(b"X\0\0\0\x04").await;
+            let mut w = client_write.lock().await;
+            if !backend_mid_frame.load(Ordering::Acquire) {
+                let err = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgward: {reason}"));
+                let _ = w.write_all(&err.to_bytes()).await;
+                let _ = w.flush().await;
+            }
+            return RelayEnd::ClientProtocolViolation(reason);
+        }
+
+        ensure_read_space(&mut buf);
+        let idle = limits
+            .idle_timeout
+            .filter(|_| buf.is_empty() && passthrough == 0)
+            .filter(|_| lock(seams).transaction_status == b'I');
+        let read = match idle {
+            Some(limit) => match tokio::time::timeout(limit, reader.read_buf(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = writer.write_all(b"X\0\0\0\x04").await;
+                    let mut w = client_write.lock().await;
+                    let err = PgError::fatal(
+                        sqlstate::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout (pgward timeouts.idle_secs)",
+                    );
+                    let _ = w.write_all(&err.to_bytes()).await;
+                    let _ = w.flush().await;
+                    return RelayEnd::IdleTimeout;
+                }
+            },
+            None => reader.read_buf(&mut buf).await,
+        };
+        match read {
+            Ok(0) => return RelayEnd::ClientClosed,
+            Ok(_) => {}
+            Err(e) => return RelayEnd::ClientIo(e),
+        }
+    }
+}
+
+/// Write and flush: TLS streams hold written bytes until flushed.
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+async fn write_pair<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    if !a.is_empty() {
+        w.write_all(a).await?;
+    }
+    w.write_all(b).await
+}
+
+async fn pump_backend(
+    mut reader: ReadHalf<UpstreamStream>,
+    client_write: &ClientWriter,
+    mut buf: BytesMut,
+    seams: &Mutex<SessionSeams>,
+    backend_mid_frame: &AtomicBool,
+    traffic: &Traffic,
+) -> RelayEnd {
+    let mut passthrough = 0usize;
+    loop {
+        let mut start = 0usize;
+        let mut pos = 0usize;
+        let mut replaced: Vec<(usize, usize, bytes::Bytes)> = Vec::new();
+        while pos < buf.len() {
+            if passthrough > 0 {
+                let n = passthrough.min(buf.len() - pos);
+                pos += n;
+                passthrough -= n;
+                continue;
+            }
+            // The server is trusted to frame correctly; only the i32 range is checked.
+            let header = match frame::parse_header(&buf[pos..], i32::MAX as usize) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "upstream sent an invalid frame; closing session");
+                    return RelayEnd::ServerIo(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ));
+                }
+            };
+            if SessionSeams::wants_backend(header.tag) {
+                if buf.len() - pos < header.frame_len {
+                    buf.reserve(header.frame_len - (buf.len() - pos));
+                    break;
+                }
+                let body = &buf[pos + frame::Header::SIZE..pos + header.frame_len];
+                match lock(seams).on_backend(header.tag, body) {
+                    BackendAction::Forward => {}
+                    BackendAction::Replace(bytes) => {
+                        replaced.push((pos, pos + header.frame_len, bytes))
+                    }
+                }
+                pos += header.frame_len;
+            } else {
+                passthrough = header.frame_len;
+            }
+        }
+        if start < pos {
+            let mut w = client_write.lock().await;
+            let mut result = Ok(());
+            for (from, to, bytes) in &replaced {
+                result = write_pair(&mut *w, &buf[start..*from], bytes).await;
+                if result.is_err() {
+                    break;
+                }
+                start = *to;
+            }
+            if result.is_ok() {
+                result = write_flush(&mut *w, &buf[start..pos]).await;
+            }
+            backend_mid_frame.store(passthrough > 0, Ordering::Release);
+            drop(w);
+            if let Err(e) = result {
+                return RelayEnd::ClientIo(e);
+            }
+            traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
+        }
+        buf.advance(pos);
+        ensure_read_space(&mut buf);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => return RelayEnd::ServerClosed,
+            Ok(_) => {}
+            Err(e) => return RelayEnd::ServerIo(e),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! One client connection from accept to close: startup negotiation (TLS,
+//! GSSENC refusal, CancelRequest), upstream connect, authentication relay,
+//! then the relay loop. Every log line carries the session span.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{field, info, warn, Instrument};
+
+use super::handshake::{self, HandshakeError};
+use super::relay::{self, RelayEnd, RelayLimits, Traffic};
+use super::seams::SessionSeams;
+use super::stream::ClientStream;
+use super::{upstream, Shared};
+use crate::config::ClientTlsMode;
+use crate::wire::errors::{sqlstate, PgError};
+use crate::wire::startup::{self, StartupError, StartupMessage, StartupPacket};
+
+/// Serve one accepted client connection to completion.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "session",
+        id,
+        client = %peer,
+        user = field::Empty,
+        database = field::Empty,
+        application_name = field::Empty,
+    );
+    run(shared, tcp, permit).instrument(span).await
+}
+
+/// What the startup phase produced.
+enum Negotiated {
+    Session(ClientStream, StartupMessage),
+    /// A CancelRequest was handled, or the client left: nothing more to do.
+    Done,
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let opened = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.config.timeouts.startup();
+
+    let negotiated = tokio::time::timeout_at(deadline, negotiate(&shared, tcp)).await;
+    let (mut client, startup) = match negotiated {
+        Ok(Ok(Negotiated::Session(c, s))) => (c, s),
+        Ok(Ok(Negotiated::Done)) => return,
+        Ok(Err(reason)) => {
+            info!(%reason, "connection closed during startup");
+            return;
+        }
+        Err(_) => {
+            info!("connection closed: startup timeout");
+            return;
+        }
+    };
+
+    let span = tracing::Span::current();
+    span.record("user", startup.user());
+    span.record("database", startup.database());
+    span.record(
+        "application_name",
+        startup.param("application_name").unwrap_or(""),
+    );
+
+    if permit.is_none() {
+        warn!(
+            limit = shared.config.limits.max_client_connections,
+            "connection rejected: too many clients"
+        );
+        send_fatal(
+            &mut client,
+            PgError::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            )
+            .with_detail("pgward limits.max_client_connections reached"),
+        )
+        .await;
+        return;
+    }
+
+    let connect = upstream::connect(&shared.target, shared.upstream_tls.as_ref());
+    let mut server = match tokio::time::timeout(shared.config.timeouts.connect(), connect).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(upstream = %shared.target, error = %e, "upstream connect failed");
+            send_fatal(
+                &mut client,
+                PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pgward: could not connect to the upstream server: {e}"),
+                ),
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            warn!(upstream = %shared.target, "upstream connect timed out");
+            send_fatal(
+                &mut client,
+                PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    "pgward: timed out connecting to the upstream server",
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+
+    let mut seams = SessionSeams::default();
+    let established = tokio::time::timeout_at(
+        deadline,
+        handshake::establish(&mut client, &mut server, &startup, &mut seams),
+    )
+    .await;
+    let established = match established {
+        Ok(Ok(e)) => e,
+        Ok(Err(HandshakeError::ServerRejected(reason))) => {
+            info!(%reason, "authentication failed or connection refused by server");
+            return;
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "connection closed during authentication");
+            if matches!(e, HandshakeError::ServerClosed | HandshakeError::ServerIo(_)) {
+                send_fatal(
+                    &mut client,
+                    PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        "pgward: the upstream server closed the connection during startup",
+                    ),
+                )
+                .await;
+            }
+            return;
+        }
+        Err(_) => {
+            info!("connection closed: authentication timeout");
+            send_fatal(
+                &mut client,
+                PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "pgward: authentication timed out (timeouts.startup_secs)",
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+
+    if let Some((pid, secret)) = &established.backend_key {
+        shared.cancel.insert(*pid, secret.clone());
+    }
+    info!(
+        tls = client.tls_version().as_deref().unwrap_or("off"),
+        backend_pid = established.backend_key.as_ref().map(|k| k.0),
+        "connection opened"
+    );
+
+    let seams = Mutex::new(seams);
+    let traffic = Traffic::default();
+    let limits = RelayLimits {
+        max_message_size: shared.config.limits.max_message_size,
+        idle_timeout: shared.config.timeouts.idle(),
+    };
+    let end = relay::relay(
+        client,
+        server,
+        established.client_pending,
+        established.server_pending,
+        &seams,
+        limits,
+        &traffic,
+    )
+    .await;
+
+    if let Some((pid, secret)) = &established.backend_key {
+        shared.cancel.remove(*pid, secret);
+    }
+    let seams = seams.into_inner().unwrap_or_else(|p| p.into_inner());
+    let reason = match &end {
+        RelayEnd::ClientTerminated => "client terminated".to_string(),
+        RelayEnd::ClientClosed => "client closed the connection".to_string(),
+        RelayEnd::ServerClosed => "server closed the connection".to_string(),
+        RelayEnd::ClientProtocolViolation(r) => format!("client protocol violation: {r}"),
+        RelayEnd::IdleTimeout => "idle timeout".to_string(),
+        RelayEnd::ClientIo(e) => format!("client i/o error: {e}"),
+        RelayEnd::ServerIo(e) => format!("server i/o error: {e}"),
+    };
+    info!(
+        %reason,
+        bytes_from_client = traffic.from_client.load(Ordering::Relaxed),
+        bytes_from_server = traffic.from_server.load(Ordering::Relaxed),
+        statements = seams.statements,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}
+
+/// SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
+async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, StartupError> {
+    let max = shared.config.limits.max_startup_packet;
+    let mut client = ClientStream::Plain(tcp);
+    let mut ssl_seen = false;
+    let mut gss_seen = false;
+    loop {
+        let packet = match startup::read_packet(&mut client, max).await {
+            Ok(p) => p,
+            Err(StartupError::Closed) => return Ok(Negotiated::Done),
+            Err(e) => {
+                if let Some(code) = e.sqlstate() {
+                    send_fatal(&mut client, PgError::fatal(code, e.to_string())).await;
+                }
+                return Err(e);
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest if !ssl_seen => {
+                ssl_seen = true;
+                let ClientStream::Plain(mut tcp) = client else {
+                    return Err(StartupError::Malformed("SSLRequest inside TLS"));
+                };
+                match &shared.acceptor {
+                    Some(acceptor) => {
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor.accept(tcp).await.map_err(|e| {
+                            StartupError::Io(std::io::Error::new(
+                                e.kind(),
+                                format!("client TLS handshake failed: {e}"),
+                            ))
+                        })?;
+                        client = ClientStream::Tls(Box::new(tls));
+                    }
+                    None => {
+                        tcp.write_all(b"N").await?;
+                        client = ClientStream::Plain(tcp);
+                    }
+                }
+            }
+            StartupPacket::GssEncRequest if !gss_seen && !client.is_tls() => {
+                gss_seen = true;
+                client.write_all(b"N").await?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let e = StartupError::Malformed("repeated encryption request");
+                send_fatal(
+                    &mut client,
+                    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                )
+                .await;
+                return Err(e);
+            }
+            StartupPacket::Cancel { process_id, secret } => {
+                if shared.cancel.contains(process_id, &secret) {
+                    let request = startup::cancel_request(process_id, &secret);
+                    match upstream::connect_plain(&shared.target).await {
+                        Ok(mut s) => {
+                            let _ = s.write_all(&request).await;
+                            let _ = s.shutdown().await;
+                            info!(backend_pid = process_id, "cancel request forwarded");
+                        }
+                        Err(e) => warn!(error = %e, "could not forward cancel request"),
+                    }
+                } else {
+                    info!(
+                        backend_pid = process_id,
+                        "cancel request with unknown key ignored"
+                    );
+                }
+                return Ok(Negotiated::Done);
+            }
+            StartupPacket::Startup(message) => {
+                if shared.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
+                    send_fatal(
+                        &mut client,
+                        PgError::fatal(
+                            sqlstate::INVALID_AUTHORIZATION,
+                            "pgward: this proxy requires TLS; connect with sslmode=require",
+                        ),
+                    )
+                    .await;
+                    return Err(StartupError::Malformed("plaintext client refused"));
+                }
+                return Ok(Negotiated::Session(client, message));
+            }
+        }
+    }
+}
+
+async fn send_fatal(client: &mut ClientStream, error: PgError) {
+    let _ = client.write_all(&error.to_bytes()).await;
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
