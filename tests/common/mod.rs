@@ -205,3 +205,24 @@ pub fn pg_bin(name: &str) -> PathBuf {
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
 }
+
+/// A pgward config pointing at the shared cluster, listening on a free port.
+#[allow(dead_code)]
+pub fn proxy_config() -> pgward::config::Config {
+    let h = cluster();
+    let mut cfg = pgward::config::Config::default();
+    cfg.listen.addresses = vec!["127.0.0.1:0".to_string()];
+    cfg.upstream.host = "127.0.0.1".to_string();
+    cfg.upstream.port = h.pg.port;
+    cfg
+}
+
+/// Start pgward in-process on the current tokio runtime; it stops when the
+/// returned handle is dropped.
+#[allow(dead_code)]
+pub async fn start_proxy(cfg: pgward::config::Config) -> pgward::proxy::RunningProxy {
+    pgward::proxy::Proxy::bind(cfg)
+        .await
+        .expect("pgward binds")
+        .spawn()
+}
