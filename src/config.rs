@@ -38,6 +38,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
     pub log: LogConfig,
+    pub policy: crate::policy::PolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +206,10 @@ impl Config {
                 column,
                 message: e.message().to_string(),
             }
+        })?;
+        crate::policy::Policy::from_config(&config.policy).map_err(|e| ConfigError::Invalid {
+            path: path.to_string(),
+            message: e.to_string(),
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),

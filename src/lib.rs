@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod config;
 pub mod logging;
+pub mod policy;
 pub mod proxy;
 pub mod tls;
 pub mod wire;

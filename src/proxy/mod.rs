@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::{error, info};
 
 use crate::config::Config;
+use crate::policy::{Policy, PolicyError};
 use crate::tls::{self, UpstreamTls};
 use cancel::CancelRegistry;
 use upstream::Target;
@@ -29,6 +30,7 @@ pub struct Shared {
     pub acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub upstream_tls: Option<UpstreamTls>,
     pub cancel: CancelRegistry,
+    pub policy: Arc<Policy>,
     pub connections: Arc<Semaphore>,
     pub next_session_id: AtomicU64,
 }
@@ -42,6 +44,8 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// A bound, not yet running proxy.
@@ -55,6 +59,7 @@ impl Proxy {
     pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
         let acceptor = tls::client_acceptor(&config.client_tls)?;
         let upstream_tls = tls::upstream_connector(&config.upstream.tls, &config.upstream.host)?;
+        let policy = Arc::new(Policy::from_config(&config.policy)?);
         let mut listeners = Vec::new();
         for addr in &config.listen.addresses {
             let listener = TcpListener::bind(addr)
@@ -70,6 +75,7 @@ impl Proxy {
             acceptor,
             upstream_tls,
             cancel: CancelRegistry::default(),
+            policy,
             connections: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             next_session_id: AtomicU64::new(1),
             config,

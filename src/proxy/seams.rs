@@ -1,16 +1,31 @@
 //! The observation points the relay offers to policy, identity and audit.
 //!
-//! The relay hands this type only the frames it must: Query and Parse going up;
-//! CommandComplete, ErrorResponse, ReadyForQuery and ParameterStatus coming
-//! down. Everything else is forwarded by header without being looked at.
-//! A `SessionSeams` is shared by the two directions of one session behind a
-//! mutex that is never held across an `.await`, so it is never contended for
-//! long.
+//! The relay hands this type only the frames it must: Query, Parse, Sync,
+//! Close and FunctionCall going up; CommandComplete, ErrorResponse,
+//! ReadyForQuery and ParameterStatus coming down. Everything else is forwarded
+//! by header without being looked at. A `SessionSeams` is shared by the two
+//! directions of one session behind a mutex that is never held across an
+//! `.await`.
+//!
+//! ## How a block keeps the transaction honest
+//!
+//! A blocked Query, Parse or FunctionCall is not answered by pgward out of
+//! band. It is replaced by a message that makes the *server* fail in the same
+//! place: a statement consisting of one unique token (`pgward_blocked_<n>`),
+//! which Postgres rejects with a syntax error at parse time. The server then
+//! does exactly what it does for any error — aborts an explicit transaction,
+//! discards extended-protocol messages until Sync, reports the true status in
+//! ReadyForQuery — and the replies stay in order with everything pipelined
+//! around them. Coming back, the ErrorResponse naming that token is swapped
+//! for pgward's own 42501 error. Nothing of the blocked statement ran.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
+use crate::wire::errors::PgError;
 use crate::wire::frame::{self, backend, frontend};
 
 /// What to do with a frontend frame.
@@ -29,53 +44,186 @@ pub enum BackendAction {
     Replace(Bytes),
 }
 
-/// Per-session protocol state that later stages (policy, audit) build on.
+/// Client encodings whose multibyte characters can contain the bytes of `\`
+/// or `'`: a lexer that reads them as UTF-8 could see a quote end where the
+/// server does not. Non-ASCII statements in them are refused.
+const UNSAFE_ENCODINGS: &[&str] = &["SJIS", "SHIFT_JIS", "BIG5", "GBK", "GB18030", "JOHAB"];
+
+/// A blocked message whose substitute is on its way to the server.
 #[derive(Debug)]
+struct PendingBlock {
+    token: String,
+    /// The ReadyForQuery (counted from the end of startup) that settles it.
+    settled_by: u64,
+    reply: Bytes,
+}
+
+/// Per-session protocol state that policy, identity and audit build on.
 pub struct SessionSeams {
+    policy: Arc<Policy>,
+    pub scope: SessionScope,
+    prepared: PreparedRegistry,
     /// Transaction status from the last ReadyForQuery: `I`, `T` or `E`.
     pub transaction_status: u8,
-    /// The server's current ParameterStatus values (client_encoding,
-    /// standard_conforming_strings, …).
+    /// The server's current ParameterStatus values.
     pub server_params: HashMap<String, String>,
-    /// Statements sent (Query and Parse messages).
+    /// Statements received (Query and Parse messages).
     pub statements: u64,
+    pub blocked: u64,
     /// ErrorResponses relayed.
     pub errors: u64,
     /// The last CommandComplete tag.
     pub last_command_tag: Option<String>,
-}
-
-impl Default for SessionSeams {
-    fn default() -> Self {
-        SessionSeams {
-            transaction_status: b'I',
-            server_params: HashMap::new(),
-            statements: 0,
-            errors: 0,
-            last_command_tag: None,
-        }
-    }
+    /// Messages sent upstream that each produce one ReadyForQuery.
+    sync_points_sent: u64,
+    ready_received: u64,
+    pending_blocks: VecDeque<PendingBlock>,
+    session_id: u64,
+    block_counter: u64,
 }
 
 impl SessionSeams {
-    /// Called with every Query and Parse frame before it is forwarded.
+    pub fn new(policy: Arc<Policy>, scope: SessionScope, session_id: u64) -> Self {
+        SessionSeams {
+            policy,
+            scope,
+            prepared: PreparedRegistry::new(),
+            transaction_status: b'I',
+            server_params: HashMap::new(),
+            statements: 0,
+            blocked: 0,
+            errors: 0,
+            last_command_tag: None,
+            sync_points_sent: 0,
+            ready_received: 0,
+            pending_blocks: VecDeque::new(),
+            session_id,
+            block_counter: 0,
+        }
+    }
+
+    /// The relay phase starts counting ReadyForQuery afresh.
+    pub fn startup_complete(&mut self) {
+        self.ready_received = 0;
+        self.sync_points_sent = 0;
+    }
+
+    fn lex_options(&self) -> LexOptions {
+        LexOptions {
+            standard_conforming_strings: self
+                .server_params
+                .get("standard_conforming_strings")
+                .is_none_or(|v| v.eq_ignore_ascii_case("on")),
+        }
+    }
+
+    fn unsafe_encoding(&self, text: &str) -> Option<String> {
+        let enc = self.server_params.get("client_encoding")?;
+        let upper = enc.to_ascii_uppercase();
+        (UNSAFE_ENCODINGS.contains(&upper.as_str()) && !text.is_ascii()).then(|| {
+            format!("client_encoding {enc} can hide quote bytes inside multibyte characters")
+        })
+    }
+
+    fn evaluate_text(&self, decoded: Result<&str, &'static str>, raw: &[u8]) -> Evaluation {
+        match decoded {
+            Ok(sql) => match self.unsafe_encoding(sql) {
+                Some(reason) => self.policy.evaluate_unreadable(sql, &reason, &self.scope),
+                None => self
+                    .policy
+                    .evaluate(sql, &self.scope, self.lex_options(), &self.prepared),
+            },
+            Err(reason) => {
+                let lossy = String::from_utf8_lossy(raw);
+                self.policy.evaluate_unreadable(&lossy, reason, &self.scope)
+            }
+        }
+    }
+
+    /// Called with every Query, Parse, Sync, Close and FunctionCall frame
+    /// before it is forwarded.
     pub fn on_frontend(&mut self, tag: u8, body: &[u8]) -> FrontendAction {
         match tag {
             frontend::QUERY => {
                 self.statements += 1;
-                if let Ok(sql) = frame::query_text(body) {
-                    tracing::trace!(sql, "query");
+                let eval = self.evaluate_text(frame::query_text(body), body);
+                let action = self.apply_verdict(&eval, |token| query_frame(token));
+                if matches!(action, FrontendAction::Forward) {
+                    self.policy.observe_prepared(&eval, &mut self.prepared);
                 }
+                self.sync_points_sent += 1;
+                action
             }
             frontend::PARSE => {
                 self.statements += 1;
-                if let Ok((name, sql)) = frame::parse_text(body) {
-                    tracing::trace!(statement = name, sql, "parse");
+                let parsed = frame::parse_text(body);
+                let (name, eval) = match parsed {
+                    Ok((name, sql)) => (name.to_string(), self.evaluate_text(Ok(sql), body)),
+                    Err(reason) => (String::new(), self.evaluate_text(Err(reason), body)),
+                };
+                let action = self.apply_verdict(&eval, |token| parse_frame(&name, token));
+                if matches!(action, FrontendAction::Forward) && !name.is_empty() {
+                    if let [facts] = eval.statements.as_slice() {
+                        self.prepared.record_prepare(&name, facts.clone());
+                    }
                 }
+                action
             }
-            _ => {}
+            frontend::FUNCTION_CALL => {
+                let oid = body
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                let eval = self.policy.evaluate_function_call(oid, &self.scope);
+                let action = self.apply_verdict(&eval, |token| query_frame(token));
+                self.sync_points_sent += 1;
+                action
+            }
+            frontend::SYNC => {
+                self.sync_points_sent += 1;
+                FrontendAction::Forward
+            }
+            frontend::CLOSE => {
+                if let [b'S', rest @ ..] = body {
+                    if let Some((name, _)) = frame::read_cstr(rest) {
+                        self.prepared.forget(&String::from_utf8_lossy(name));
+                    }
+                }
+                FrontendAction::Forward
+            }
+            _ => FrontendAction::Forward,
         }
-        FrontendAction::Forward
+    }
+
+    fn apply_verdict(
+        &mut self,
+        eval: &Evaluation,
+        substitute: impl FnOnce(&str) -> Bytes,
+    ) -> FrontendAction {
+        match &eval.verdict {
+            Verdict::Allow => FrontendAction::Forward,
+            Verdict::Monitored { rule_id, reason } => {
+                tracing::warn!(rule = %rule_id, %reason, statement = %preview(eval), "statement monitored (would be blocked)");
+                FrontendAction::Forward
+            }
+            Verdict::Block(block) => {
+                self.blocked += 1;
+                self.block_counter += 1;
+                tracing::warn!(rule = %block.rule_id, statement = %preview(eval), "statement blocked");
+                let token = format!("pgward_blocked_{}_{}", self.session_id, self.block_counter);
+                let reply = PgError::error("42501", block.message.clone())
+                    .with_detail(block.detail.clone())
+                    .with_hint(block.hint.clone())
+                    .to_bytes()
+                    .freeze();
+                self.pending_blocks.push_back(PendingBlock {
+                    settled_by: self.sync_points_sent + 1,
+                    reply,
+                    token: token.clone(),
+                });
+                FrontendAction::Replace(substitute(&token))
+            }
+        }
     }
 
     /// Called with every CommandComplete, ErrorResponse, ReadyForQuery and
@@ -86,9 +234,18 @@ impl SessionSeams {
                 if let Some(status) = frame::ready_status(body) {
                     self.transaction_status = status;
                 }
+                self.ready_received += 1;
+                let settled = self.ready_received;
+                // A substitute skipped by the server (an earlier error in the
+                // same pipeline) never errors; forget it at its ReadyForQuery.
+                self.pending_blocks.retain(|p| p.settled_by > settled);
             }
             backend::PARAMETER_STATUS => {
                 if let Some((name, value)) = frame::parameter_status(body) {
+                    if name == b"application_name" {
+                        // Rules scoped by application follow SET application_name.
+                        self.scope.application_name = String::from_utf8_lossy(value).into_owned();
+                    }
                     self.server_params.insert(
                         String::from_utf8_lossy(name).into_owned(),
                         String::from_utf8_lossy(value).into_owned(),
@@ -100,7 +257,21 @@ impl SessionSeams {
                     self.last_command_tag = Some(String::from_utf8_lossy(tag).into_owned());
                 }
             }
-            backend::ERROR_RESPONSE => self.errors += 1,
+            backend::ERROR_RESPONSE => {
+                self.errors += 1;
+                if !self.pending_blocks.is_empty() {
+                    let message = frame::error_field(body, b'M').unwrap_or_default();
+                    if let Some(i) = self
+                        .pending_blocks
+                        .iter()
+                        .position(|p| contains(message, p.token.as_bytes()))
+                    {
+                        if let Some(p) = self.pending_blocks.remove(i) {
+                            return BackendAction::Replace(p.reply);
+                        }
+                    }
+                }
+            }
             _ => {}
         }
         BackendAction::Forward
@@ -119,6 +290,125 @@ impl SessionSeams {
 
     /// Whether the frontend frame type is one the seams want to see whole.
     pub fn wants_frontend(tag: u8) -> bool {
-        matches!(tag, frontend::QUERY | frontend::PARSE)
+        matches!(
+            tag,
+            frontend::QUERY
+                | frontend::PARSE
+                | frontend::SYNC
+                | frontend::CLOSE
+                | frontend::FUNCTION_CALL
+        )
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn preview(eval: &Evaluation) -> String {
+    let text: String = eval
+        .statements
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn query_frame(text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 6);
+    out.put_u8(frontend::QUERY);
+    out.put_i32((text.len() + 5) as i32);
+    out.put_slice(text.as_bytes());
+    out.put_u8(0);
+    out.freeze()
+}
+
+fn parse_frame(name: &str, text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(name.len() + text.len() + 9);
+    out.put_u8(frontend::PARSE);
+    out.put_i32((4 + name.len() + 1 + text.len() + 1 + 2) as i32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(text.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyConfig;
+
+    fn seams() -> SessionSeams {
+        let policy = Policy::from_config(&PolicyConfig::default()).unwrap();
+        SessionSeams::new(Arc::new(policy), SessionScope::default(), 1)
+    }
+
+    fn error_with(message: &str) -> Vec<u8> {
+        PgError::error("42601", message).to_bytes()[5..].to_vec()
+    }
+
+    #[test]
+    fn blocked_query_is_substituted_and_its_error_replaced() {
+        let mut s = seams();
+        let FrontendAction::Replace(sub) = s.on_frontend(b'Q', b"TRUNCATE users\0") else {
+            panic!("not blocked")
+        };
+        let token = frame::query_text(&sub[5..]).unwrap().to_string();
+        assert!(token.starts_with("pgward_blocked_"));
+        let err = error_with(&format!("syntax error at or near \"{token}\""));
+        let BackendAction::Replace(reply) = s.on_backend(b'E', &err) else {
+            panic!("not replaced")
+        };
+        assert_eq!(frame::error_field(&reply[5..], b'C'), Some(&b"42501"[..]));
+        // A later unrelated error is forwarded untouched.
+        assert!(matches!(
+            s.on_backend(b'E', &error_with("other")),
+            BackendAction::Forward
+        ));
+    }
+
+    #[test]
+    fn skipped_substitutes_are_forgotten_at_ready_for_query() {
+        let mut s = seams();
+        assert!(matches!(
+            s.on_frontend(b'P', b"\0DELETE FROM t\0\0\0"),
+            FrontendAction::Replace(_)
+        ));
+        assert!(matches!(s.on_frontend(b'S', b""), FrontendAction::Forward));
+        assert_eq!(s.pending_blocks.len(), 1);
+        s.on_backend(b'Z', b"I");
+        assert!(s.pending_blocks.is_empty());
+    }
+
+    #[test]
+    fn allowed_statements_pass_and_parse_names_are_recorded() {
+        let mut s = seams();
+        assert!(matches!(
+            s.on_frontend(b'P', b"s1\0SELECT $1\0\0\0"),
+            FrontendAction::Forward
+        ));
+        assert!(s.prepared.lookup("s1").is_some());
+        s.on_frontend(b'C', b"Ss1\0");
+        assert!(s.prepared.lookup("s1").is_none());
+    }
+
+    #[test]
+    fn unreadable_query_text_fails_closed() {
+        let mut s = seams();
+        assert!(matches!(
+            s.on_frontend(b'Q', b"select 1\0; truncate t\0"),
+            FrontendAction::Replace(_)
+        ));
+        assert!(matches!(
+            s.on_frontend(b'Q', b"select '\xff'\0"),
+            FrontendAction::Replace(_)
+        ));
     }
 }

@@ -18,6 +18,7 @@ use super::seams::SessionSeams;
 use super::stream::ClientStream;
 use super::{upstream, Shared};
 use crate::config::ClientTlsMode;
+use crate::policy::SessionScope;
 use crate::wire::errors::{sqlstate, PgError};
 use crate::wire::startup::{self, StartupError, StartupMessage, StartupPacket};
 
@@ -37,7 +38,7 @@ pub async fn serve(
         database = field::Empty,
         application_name = field::Empty,
     );
-    run(shared, tcp, permit).instrument(span).await
+    run(shared, tcp, peer, id, permit).instrument(span).await
 }
 
 /// What the startup phase produced.
@@ -50,6 +51,8 @@ enum Negotiated {
 async fn run(
     shared: Arc<Shared>,
     tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let opened = Instant::now();
@@ -125,7 +128,13 @@ async fn run(
         }
     };
 
-    let mut seams = SessionSeams::default();
+    let scope = SessionScope {
+        user: startup.user().to_string(),
+        database: startup.database().to_string(),
+        application_name: startup.param("application_name").unwrap_or("").to_string(),
+        client_addr: Some(peer.ip()),
+    };
+    let mut seams = SessionSeams::new(shared.policy.clone(), scope, id);
     let established = tokio::time::timeout_at(
         deadline,
         handshake::establish(&mut client, &mut server, &startup, &mut seams),
@@ -165,6 +174,7 @@ async fn run(
         }
     };
 
+    seams.startup_complete();
     if let Some((pid, secret)) = &established.backend_key {
         shared.cancel.insert(*pid, secret.clone());
     }
@@ -209,6 +219,7 @@ async fn run(
         bytes_from_client = traffic.from_client.load(Ordering::Relaxed),
         bytes_from_server = traffic.from_server.load(Ordering::Relaxed),
         statements = seams.statements,
+        blocked = seams.blocked,
         duration_ms = opened.elapsed().as_millis() as u64,
         "connection closed"
     );

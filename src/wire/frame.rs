@@ -9,6 +9,7 @@ pub mod frontend {
     pub const FLUSH: u8 = b'H';
     pub const TERMINATE: u8 = b'X';
     pub const FUNCTION_CALL: u8 = b'F';
+    pub const CLOSE: u8 = b'C';
     pub const PASSWORD: u8 = b'p';
 }
 

@@ -1,0 +1,425 @@
+//! pgward's policy engine: a pure function from (SQL text, session scope,
+//! the session's prepared statements) to a [`Verdict`]. No I/O, no global
+//! state; a [`Policy`] is built once per configuration (re)load and shared
+//! by all sessions (`Send + Sync`).
+//!
+//! ```text
+//! Query text ─▶ lexer (Postgres-faithful split, ambiguity check)
+//!            ─▶ classify (sqlparser AST walk, token fallbacks) ─▶ StatementFacts   [cached by text]
+//!            ─▶ EXECUTE resolution against the session's PreparedRegistry
+//!            ─▶ rules (built-in + custom, scoped by user/db/app/CIDR) ─▶ Verdict
+//! ```
+//!
+//! A multi-statement Query is blocked whole if any statement is blocked
+//! (Postgres runs a simple-protocol Query string as one implicit
+//! transaction unless it contains explicit transaction control, so
+//! forwarding part of it is never right).
+//!
+//! Prepared statements: call [`Policy::observe_prepared`] with each
+//! evaluation the proxy forwards, so `PREPARE p AS DELETE FROM t` records
+//! `p` (with the DELETE's facts) and `DEALLOCATE` / `DISCARD ALL` forget.
+//! Protocol-level named statements (Parse) share Postgres' namespace with
+//! SQL PREPARE: record them with [`PreparedRegistry::record_prepare`] too.
+
+pub mod cache;
+pub mod classify;
+pub mod config;
+pub mod facts;
+pub mod fold;
+pub mod lexer;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use config::{Action, Mode, PolicyConfig};
+pub use facts::{
+    AuditClass, Filter, ModOp, Modification, ObjectKind, QualifiedName, SettingChange,
+    StatementFacts, StatementKind,
+};
+pub use lexer::LexOptions;
+
+use cache::FactsCache;
+use rules::{Finding, RuleSet};
+
+/// Errors building a [`Policy`] from configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy config: {0}")]
+    Toml(String),
+    #[error("rule \"{rule}\": invalid client CIDR {value:?}")]
+    InvalidCidr { rule: String, value: String },
+    #[error("rule \"{rule}\": unknown statement kind {kind:?} (known: {})", facts::KIND_NAMES.join(", "))]
+    UnknownKind { rule: String, kind: String },
+    #[error(
+        "duplicate rule id \"{0}\" (custom ids must differ from each other and from built-in ids)"
+    )]
+    DuplicateRuleId(String),
+    #[error("invalid rule id {0:?} (use letters, digits, '_' and '-')")]
+    BadRuleId(String),
+    #[error("custom rule \"{0}\" matches nothing: give at least one of kinds, tables, functions")]
+    EmptyCustomRule(String),
+}
+
+/// Who is asking: the authenticated session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionScope {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    /// `None` for unix-socket clients.
+    pub client_addr: Option<IpAddr>,
+}
+
+/// A blocked statement, ready to become an ErrorResponse (SQLSTATE 42501).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub rule_id: String,
+    /// `pgward: <WHAT> blocked by rule "<id>"`.
+    pub message: String,
+    /// Names the statement kind and the table(s).
+    pub detail: String,
+    /// How to do it the allowed way.
+    pub hint: String,
+}
+
+/// The decision for a whole Query string (or function call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Allowed, but a rule in monitor mode (or the global monitor mode)
+    /// would have blocked it; audit it.
+    Monitored {
+        rule_id: String,
+        reason: String,
+    },
+    Block(Block),
+}
+
+/// Result of [`Policy::evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// One entry per statement (EXECUTE of a known prepared statement
+    /// carries the prepared body's facts, with kind Execute).
+    pub statements: Vec<StatementFacts>,
+    pub verdict: Verdict,
+}
+
+/// One session's prepared statements: name → facts of the body.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedRegistry {
+    map: HashMap<String, StatementFacts>,
+}
+
+impl PreparedRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Record `name` (already case-folded) as preparing a statement with
+    /// these facts; replaces an earlier entry.
+    pub fn record_prepare(&mut self, name: &str, facts: StatementFacts) {
+        self.map.insert(name.to_string(), facts);
+    }
+    pub fn forget(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+    pub fn forget_all(&mut self) {
+        self.map.clear();
+    }
+    pub fn lookup(&self, name: &str) -> Option<&StatementFacts> {
+        self.map.get(name)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A compiled policy plus its facts cache.
+pub struct Policy {
+    rules: RuleSet,
+    cache: FactsCache,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Validate and compile a configuration.
+    pub fn from_config(cfg: &PolicyConfig) -> Result<Policy, PolicyError> {
+        Ok(Policy {
+            rules: RuleSet::compile(cfg)?,
+            cache: FactsCache::new(cfg.cache_entries),
+        })
+    }
+
+    /// Classify `sql` (cached) and decide.
+    pub fn evaluate(
+        &self,
+        sql: &str,
+        scope: &SessionScope,
+        lex: LexOptions,
+        prepared: &PreparedRegistry,
+    ) -> Evaluation {
+        let facts = self.facts(sql, lex);
+        // PREPAREs earlier in the same string are visible to later EXECUTEs.
+        let mut local: Option<PreparedRegistry> = None;
+        let mut statements = Vec::with_capacity(facts.len());
+        for f in facts.iter() {
+            let reg = local.as_ref().unwrap_or(prepared);
+            statements.push(resolve_execute(f, reg));
+            if let Some((name, body)) = &f.prepare {
+                local
+                    .get_or_insert_with(|| prepared.clone())
+                    .record_prepare(name, (**body).clone());
+            }
+        }
+        let verdict = self.decide(&statements, scope);
+        Evaluation {
+            statements,
+            verdict,
+        }
+    }
+
+    /// Update the session's registry after `evaluation` was forwarded:
+    /// records PREPARE, applies DEALLOCATE and DISCARD ALL. Does nothing for
+    /// a blocked evaluation (it never reached the server).
+    pub fn observe_prepared(&self, evaluation: &Evaluation, registry: &mut PreparedRegistry) {
+        if matches!(evaluation.verdict, Verdict::Block(_)) {
+            return;
+        }
+        for f in &evaluation.statements {
+            if let Some((name, body)) = &f.prepare {
+                registry.record_prepare(name, (**body).clone());
+            }
+            match &f.deallocate {
+                Some(Some(name)) => registry.forget(name),
+                Some(None) => registry.forget_all(),
+                None => {}
+            }
+            if f.settings.contains(&SettingChange::DiscardAll) {
+                registry.forget_all();
+            }
+        }
+    }
+
+    /// Decide on a Query/Parse whose text pgward cannot read safely (invalid
+    /// UTF-8, an embedded NUL, a client encoding whose multibyte characters
+    /// may contain `\\` or quote bytes): the `unparsed` rule decides, so it
+    /// fails closed unless `on_unparsed = "allow"`.
+    pub fn evaluate_unreadable(&self, text: &str, reason: &str, scope: &SessionScope) -> Evaluation {
+        let statements = vec![StatementFacts::unparsed(text, reason.to_string())];
+        let verdict = self.decide(&statements, scope);
+        Evaluation {
+            statements,
+            verdict,
+        }
+    }
+
+    /// Decide on a FunctionCall protocol message (only the function's OID is
+    /// known, so only the `function_call` rule and its scope apply).
+    pub fn evaluate_function_call(&self, fn_oid: u32, scope: &SessionScope) -> Evaluation {
+        let mut findings = Vec::new();
+        if let Some(rule) = self.rules.rule("function_call") {
+            if rule.scope.applies(scope) {
+                findings.push(Finding {
+                    rule_id: rule.id.clone(),
+                    action: rule.action,
+                    what: rule
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "FunctionCall message".to_string()),
+                    detail: format!("fast-path call of function OID {fn_oid}"),
+                    hint: rule.hint.clone(),
+                });
+            }
+        }
+        Evaluation {
+            statements: Vec::new(),
+            verdict: self.combine(&[findings]),
+        }
+    }
+
+    /// Human-readable account of how `sql` is judged (for `pgward explain`):
+    /// facts per statement, each rule's decision, the final verdict.
+    pub fn explain(&self, sql: &str, scope: &SessionScope) -> String {
+        let eval = self.evaluate(sql, scope, LexOptions::default(), &PreparedRegistry::new());
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "session: user={:?} database={:?} application={:?} client={}",
+            scope.user,
+            scope.database,
+            scope.application_name,
+            scope
+                .client_addr
+                .map_or("local".to_string(), |a| a.to_string())
+        );
+        let _ = writeln!(out, "mode: {:?}", self.rules.mode);
+        for (i, f) in eval.statements.iter().enumerate() {
+            let _ = writeln!(out, "\nstatement {}: {}", i + 1, f.text);
+            write_facts(&mut out, f);
+            let findings = self.rules.findings(f, scope);
+            for rule in &self.rules.rules {
+                let decision = if !rule.scope.applies(scope) {
+                    "out of scope".to_string()
+                } else if let Some(x) = findings.iter().find(|x| x.rule_id == rule.id) {
+                    format!("MATCH ({:?}): {}", x.action, x.detail)
+                } else {
+                    "no match".to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "  rule {:<22} [{:?}] {}",
+                    rule.id, rule.action, decision
+                );
+            }
+        }
+        let _ = writeln!(out, "\nverdict: {}", describe_verdict(&eval.verdict));
+        out
+    }
+
+    fn facts(&self, sql: &str, lex: LexOptions) -> Arc<Vec<StatementFacts>> {
+        let scs = lex.standard_conforming_strings;
+        if let Some(hit) = self.cache.get(sql, scs) {
+            return hit;
+        }
+        let facts = Arc::new(classify::classify_with(sql, lex));
+        self.cache.put(sql, scs, facts.clone());
+        facts
+    }
+
+    fn decide(&self, statements: &[StatementFacts], scope: &SessionScope) -> Verdict {
+        let per_stmt: Vec<Vec<Finding>> = statements
+            .iter()
+            .map(|f| self.rules.findings(f, scope))
+            .collect();
+        self.combine(&per_stmt)
+    }
+
+    /// Any block → Block (the first one, in statement order); else any
+    /// monitor → Monitored; else Allow. Global monitor mode turns blocks
+    /// into Monitored.
+    fn combine(&self, per_stmt: &[Vec<Finding>]) -> Verdict {
+        let total = per_stmt.len();
+        let mut monitored: Option<Verdict> = None;
+        for (i, findings) in per_stmt.iter().enumerate() {
+            for x in findings {
+                let where_ = if total > 1 {
+                    format!(" (statement {} of {total})", i + 1)
+                } else {
+                    String::new()
+                };
+                let message = format!("pgward: {} blocked by rule \"{}\"", x.what, x.rule_id);
+                match (x.action, self.rules.mode) {
+                    (Action::Block, Mode::Enforce) => {
+                        return Verdict::Block(Block {
+                            rule_id: x.rule_id.clone(),
+                            message,
+                            detail: format!("{}{where_}", x.detail),
+                            hint: x.hint.clone(),
+                        })
+                    }
+                    (Action::Block, Mode::Monitor) | (Action::Monitor, _) => {
+                        monitored.get_or_insert(Verdict::Monitored {
+                            rule_id: x.rule_id.clone(),
+                            reason: format!("{message} (monitor only): {}{where_}", x.detail),
+                        });
+                    }
+                    (Action::Allow, _) => {}
+                }
+            }
+        }
+        monitored.unwrap_or(Verdict::Allow)
+    }
+}
+
+/// `EXECUTE name` of a known prepared statement gets its body's facts
+/// (kind Execute, executed kinds Execute + the body's). Unknown names are
+/// left alone (allowed: Postgres will raise the error itself).
+fn resolve_execute(f: &StatementFacts, prepared: &PreparedRegistry) -> StatementFacts {
+    let Some(name) = &f.execute else {
+        return f.clone();
+    };
+    let Some(body) = prepared.lookup(name) else {
+        return f.clone();
+    };
+    let mut out = body.clone();
+    out.text = f.text.clone();
+    out.kind = StatementKind::Execute;
+    out.execute = Some(name.clone());
+    out.prepare = None;
+    let mut kinds = vec![StatementKind::Execute];
+    kinds.extend(body.executed_kinds.iter().cloned());
+    out.executed_kinds = kinds;
+    out.functions.extend(f.functions.iter().cloned());
+    out
+}
+
+fn describe_verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Allow => "ALLOW".into(),
+        Verdict::Monitored { rule_id, reason } => {
+            format!("ALLOW (monitored by rule \"{rule_id}\": {reason})")
+        }
+        Verdict::Block(b) => format!(
+            "BLOCK\n  message: {}\n  detail:  {}\n  hint:    {}",
+            b.message, b.detail, b.hint
+        ),
+    }
+}
+
+fn write_facts(out: &mut String, f: &StatementFacts) {
+    let list = |v: &[QualifiedName]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "  kind: {}  class: {}", f.kind.sql(), f.class.as_str());
+    if let Some(u) = &f.unparsed {
+        let _ = writeln!(out, "  UNPARSED: {u}");
+    }
+    if let Some(fb) = &f.fallback {
+        let _ = writeln!(out, "  classified by fallback: {fb}");
+    }
+    let kinds: Vec<String> = f.executed_kinds.iter().map(|k| k.sql()).collect();
+    let _ = writeln!(out, "  executes: {}", kinds.join(", "));
+    if !f.tables_read.is_empty() {
+        let _ = writeln!(out, "  reads: {}", list(&f.tables_read));
+    }
+    if !f.tables_written.is_empty() {
+        let _ = writeln!(out, "  writes: {}", list(&f.tables_written));
+    }
+    for m in &f.modifications {
+        let _ = writeln!(
+            out,
+            "  {} {}{}: WHERE {:?}",
+            m.op.sql(),
+            if m.only { "ONLY " } else { "" },
+            m.table,
+            m.filter
+        );
+    }
+    if !f.functions.is_empty() {
+        let _ = writeln!(out, "  calls: {}", list(&f.functions));
+    }
+    if !f.settings.is_empty() {
+        let _ = writeln!(out, "  settings: {:?}", f.settings);
+    }
+    if f.dynamic_sql {
+        let _ = writeln!(out, "  dynamic SQL");
+    }
+    if let Some((name, body)) = &f.prepare {
+        let _ = writeln!(out, "  prepares {name:?} as {}", body.kind.sql());
+    }
+}
