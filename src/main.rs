@@ -35,6 +35,24 @@ enum Command {
     },
     /// Validate a config file; exit 1 with line and column on error.
     Check { file: PathBuf },
+    /// Show how the policy judges a statement: facts, each rule, the verdict.
+    Explain {
+        /// Config file whose [policy] is used (default: built-in policy).
+        #[arg(long, env = "PGWARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Session user the rules are scoped by.
+        #[arg(long, default_value = "app")]
+        user: String,
+        #[arg(long, default_value = "postgres")]
+        database: String,
+        #[arg(long, default_value = "")]
+        application: String,
+        /// Client IP address the rules are scoped by.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// The SQL text (one Query message; several statements allowed).
+        sql: String,
+    },
     /// Start a throwaway local Postgres and pgward in front of it.
     Demo {
         /// Config file for pgward (default: config/pgward.toml when present).
@@ -57,6 +75,14 @@ fn main() -> ExitCode {
         } => run(config, listen, upstream, upstream_socket),
         Command::Check { file } => return check(&file),
         Command::Demo { config, port } => pgward_demo(config, port),
+        Command::Explain {
+            config,
+            user,
+            database,
+            application,
+            client,
+            sql,
+        } => explain(config, user, database, application, client, &sql),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +154,26 @@ fn check(file: &PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(
+    config: Option<PathBuf>,
+    user: String,
+    database: String,
+    application_name: String,
+    client_addr: Option<std::net::IpAddr>,
+    sql: &str,
+) -> anyhow::Result<()> {
+    let cfg = load_config(config.as_ref())?;
+    let policy = pgward::policy::Policy::from_config(&cfg.policy)?;
+    let scope = pgward::policy::SessionScope {
+        user,
+        database,
+        application_name,
+        client_addr,
+    };
+    print!("{}", policy.explain(sql, &scope));
+    Ok(())
 }
 
 async fn shutdown_signal() {
