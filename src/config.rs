@@ -246,7 +246,9 @@ impl Config {
             UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
         ) && t.ca_file.is_none()
         {
-            return Err("upstream.tls.mode verify-ca/verify-full needs upstream.tls.ca_file".into());
+            return Err(
+                "upstream.tls.mode verify-ca/verify-full needs upstream.tls.ca_file".into(),
+            );
         }
         if t.cert_file.is_some() != t.key_file.is_some() {
             return Err("upstream.tls.cert_file and key_file must be set together".into());
@@ -295,8 +297,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_with_line_and_column() {
-        let err = Config::from_toml("[limits]\nmax_client_connections = 5\nbogus = 1\n", "t.toml")
-            .unwrap_err();
+        let err = Config::from_toml(
+            "[limits]\nmax_client_connections = 5\nbogus = 1\n",
+            "t.toml",
+        )
+        .unwrap_err();
         match err {
             ConfigError::Parse { line, column, .. } => assert_eq!((line, column), (3, 1)),
             other => panic!("unexpected {other:?}"),

@@ -10,7 +10,11 @@ use pgward::config::{Config, ConfigError};
 use pgward::proxy::Proxy;
 
 #[derive(Parser)]
-#[command(name = "pgward", version, about = "A transparent PostgreSQL proxy that guards your data")]
+#[command(
+    name = "pgward",
+    version,
+    about = "A transparent PostgreSQL proxy that guards your data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -212,7 +216,10 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
         let proxy = Proxy::bind(cfg).await?;
         let addr = proxy.local_addrs()[0];
         println!();
-        println!("pgward is running in front of PostgreSQL on port {}.", cluster.port);
+        println!(
+            "pgward is running in front of PostgreSQL on port {}.",
+            cluster.port
+        );
         println!("Connect with:");
         println!(
             "  PGPASSWORD=demo psql \"host={} port={} user=demo dbname=demo\"",

@@ -109,8 +109,7 @@ pub fn upstream_connector(
             Arc::new(Verifier {
                 inner: Some(webpki),
                 check_name: cfg.mode == UpstreamTlsMode::VerifyFull,
-                schemes: rustls::crypto::ring::default_provider()
-                    .signature_verification_algorithms,
+                schemes: rustls::crypto::ring::default_provider().signature_verification_algorithms,
             })
         }
         _ => Arc::new(Verifier {
@@ -129,8 +128,9 @@ pub fn upstream_connector(
         _ => builder.with_no_client_auth(),
     };
     let name = cfg.server_name.as_deref().unwrap_or(upstream_host);
-    let server_name = ServerName::try_from(name.to_string())
-        .map_err(|e| TlsError::General(format!("invalid upstream TLS server name {name:?}: {e}")))?;
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| {
+        TlsError::General(format!("invalid upstream TLS server name {name:?}: {e}"))
+    })?;
     Ok(Some(UpstreamTls {
         mode: cfg.mode,
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),

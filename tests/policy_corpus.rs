@@ -1,9 +1,7 @@
 //! Table-driven corpus (tests/corpus/policy.txt) plus scoping, modes and
 //! prepared-statement tests against the public API.
 
-use pgward::policy::{
-    LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope, Verdict,
-};
+use pgward::policy::{LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope, Verdict};
 
 const CORPUS: &str = include_str!("corpus/policy.txt");
 

@@ -1374,6 +1374,11 @@ pub fn fallback(sql: &str, toks: &[Token], original: &str) -> Option<StatementFa
         "vacuum" => mk(K::Vacuum, C::Misc, "first keyword VACUUM: a VacuumStmt (options and table/column names only; no expressions, no nested statements)"),
         "analyze" | "analyse" => mk(K::Analyze, C::Misc, "first keyword ANALYZE: an AnalyzeStmt (options and table/column names only; no expressions, no nested statements)"),
         "checkpoint" if toks.len() == 1 => mk(K::Checkpoint, C::Misc, "the statement is exactly CHECKPOINT"),
+        // FetchStmt / ClosePortalStmt: a direction, a count and a cursor
+        // name only. The rows come from the cursor's query, which was judged
+        // when DECLARE was sent.
+        "fetch" | "move" => mk(K::Cursor, C::Read, "first keyword FETCH/MOVE: a FetchStmt (direction, count and cursor name only; the cursor's query was judged at DECLARE)"),
+        "close" => mk(K::Cursor, C::Misc, "first keyword CLOSE: a ClosePortalStmt (a cursor name or ALL only)"),
         "reindex" => mk(K::Reindex, C::Misc, "first keyword REINDEX: a ReindexStmt (options, object kind and name only)"),
         "cluster" => mk(K::Cluster, C::Misc, "first keyword CLUSTER: a ClusterStmt (options, table and index names only)"),
         "refresh" if kw(1, "materialized") && kw(2, "view") => mk(K::Refresh, C::Misc, "first keywords REFRESH MATERIALIZED VIEW: a RefreshMatViewStmt (name and WITH [NO] DATA only)"),

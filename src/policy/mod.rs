@@ -216,7 +216,12 @@ impl Policy {
     /// UTF-8, an embedded NUL, a client encoding whose multibyte characters
     /// may contain `\\` or quote bytes): the `unparsed` rule decides, so it
     /// fails closed unless `on_unparsed = "allow"`.
-    pub fn evaluate_unreadable(&self, text: &str, reason: &str, scope: &SessionScope) -> Evaluation {
+    pub fn evaluate_unreadable(
+        &self,
+        text: &str,
+        reason: &str,
+        scope: &SessionScope,
+    ) -> Evaluation {
         let statements = vec![StatementFacts::unparsed(text, reason.to_string())];
         let verdict = self.decide(&statements, scope);
         Evaluation {

@@ -99,8 +99,7 @@ async fn run(
     }
 
     let connect = upstream::connect(&shared.target, shared.upstream_tls.as_ref());
-    let mut server = match tokio::time::timeout(shared.config.timeouts.connect(), connect).await
-    {
+    let mut server = match tokio::time::timeout(shared.config.timeouts.connect(), connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(upstream = %shared.target, error = %e, "upstream connect failed");
@@ -148,7 +147,10 @@ async fn run(
         }
         Ok(Err(e)) => {
             info!(error = %e, "connection closed during authentication");
-            if matches!(e, HandshakeError::ServerClosed | HandshakeError::ServerIo(_)) {
+            if matches!(
+                e,
+                HandshakeError::ServerClosed | HandshakeError::ServerIo(_)
+            ) {
                 send_fatal(
                     &mut client,
                     PgError::fatal(

@@ -177,7 +177,10 @@ mod tests {
 
     #[test]
     fn parse_body_is_validated() {
-        assert_eq!(parse_text(b"s1\0select $1\0\0\x01\0\0\0\x17"), Ok(("s1", "select $1")));
+        assert_eq!(
+            parse_text(b"s1\0select $1\0\0\x01\0\0\0\x17"),
+            Ok(("s1", "select $1"))
+        );
         assert!(parse_text(b"s1\0select $1\0\0\x05\0\0\0\x17").is_err());
         assert!(parse_text(b"s1\0select").is_err());
         assert!(parse_text(b"s1\0select\0\xff\xff").is_err());

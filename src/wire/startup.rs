@@ -143,8 +143,9 @@ pub fn parse_packet(raw: Bytes) -> Result<StartupPacket, StartupError> {
 fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
     let mut params = Vec::new();
     loop {
-        let (name, tail) = super::frame::read_cstr(rest)
-            .ok_or(StartupError::Malformed("parameter list is not NUL-terminated"))?;
+        let (name, tail) = super::frame::read_cstr(rest).ok_or(StartupError::Malformed(
+            "parameter list is not NUL-terminated",
+        ))?;
         if name.is_empty() {
             if !tail.is_empty() {
                 return Err(StartupError::Malformed("bytes after the parameter list"));
