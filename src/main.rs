@@ -137,7 +137,7 @@ fn run(
     })
 }
 
-fn check(file: &PathBuf) -> ExitCode {
+fn check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => match pgward::tls::client_acceptor(&cfg.client_tls)
             .map(|_| ())

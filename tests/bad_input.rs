@@ -427,7 +427,6 @@ async fn idle_timeout_ends_idle_sessions_with_57p05() {
 /// status is still 'I', so the timer is armed and fires mid-query / inside
 /// the transaction (FATAL 57P05). Run with `--ignored` to reproduce.
 #[tokio::test]
-#[ignore = "pgward bug: idle timeout fires during a running query and inside a transaction"]
 async fn idle_timeout_spares_busy_sessions_and_transactions() {
     let mut cfg = proxy_config();
     cfg.timeouts.idle_secs = 1;

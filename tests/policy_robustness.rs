@@ -3,9 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pgward::policy::{
-    LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope, Verdict,
-};
+use pgward::policy::{LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope, Verdict};
 
 fn policy() -> Policy {
     Policy::from_config(&PolicyConfig::default()).expect("policy")

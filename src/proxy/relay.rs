@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
 
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
 use super::stream::{ClientStream, UpstreamStream};
@@ -199,26 +200,34 @@ async fn pump_frontend(
         }
 
         ensure_read_space(&mut buf);
-        let idle = limits
-            .idle_timeout
-            .filter(|_| buf.is_empty() && passthrough == 0)
-            .filter(|_| lock(seams).transaction_status == b'I');
-        let read = match idle {
-            Some(limit) => match tokio::time::timeout(limit, reader.read_buf(&mut buf)).await {
-                Ok(r) => r,
+        let read = loop {
+            let Some(limit) = limits
+                .idle_timeout
+                .filter(|_| buf.is_empty() && passthrough == 0)
+            else {
+                break reader.read_buf(&mut buf).await;
+            };
+            // While the server is busy or a transaction is open there is no
+            // idle clock; look again after one period.
+            let idle_since = lock(seams).idle_since();
+            let deadline = idle_since.map_or_else(Instant::now, Instant::from_std) + limit;
+            match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
+                Ok(r) => break r,
                 Err(_) => {
-                    let _ = writer.write_all(b"X\0\0\0\x04").await;
-                    let mut w = client_write.lock().await;
-                    let err = PgError::fatal(
-                        sqlstate::IDLE_SESSION_TIMEOUT,
-                        "terminating connection due to idle-session timeout (pgward timeouts.idle_secs)",
-                    );
-                    let _ = w.write_all(&err.to_bytes()).await;
-                    let _ = w.flush().await;
-                    return RelayEnd::IdleTimeout;
+                    let idle_for = lock(seams).idle_since().map(|t| t.elapsed());
+                    if idle_for.is_some_and(|d| d >= limit) {
+                        let _ = writer.write_all(b"X\0\0\0\x04").await;
+                        let mut w = client_write.lock().await;
+                        let err = PgError::fatal(
+                            sqlstate::IDLE_SESSION_TIMEOUT,
+                            "terminating connection due to idle-session timeout (pgward timeouts.idle_secs)",
+                        );
+                        let _ = w.write_all(&err.to_bytes()).await;
+                        let _ = w.flush().await;
+                        return RelayEnd::IdleTimeout;
+                    }
                 }
-            },
-            None => reader.read_buf(&mut buf).await,
+            }
         };
         match read {
             Ok(0) => return RelayEnd::ClientClosed,

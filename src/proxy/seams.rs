@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -78,6 +79,8 @@ pub struct SessionSeams {
     sync_points_sent: u64,
     ready_received: u64,
     pending_blocks: VecDeque<PendingBlock>,
+    /// When the session last became idle: no reply outstanding, no transaction.
+    idle_since: Option<Instant>,
     session_id: u64,
     block_counter: u64,
 }
@@ -97,6 +100,7 @@ impl SessionSeams {
             sync_points_sent: 0,
             ready_received: 0,
             pending_blocks: VecDeque::new(),
+            idle_since: None,
             session_id,
             block_counter: 0,
         }
@@ -106,6 +110,15 @@ impl SessionSeams {
     pub fn startup_complete(&mut self) {
         self.ready_received = 0;
         self.sync_points_sent = 0;
+        self.idle_since = Some(Instant::now());
+    }
+
+    /// Since when the session has been idle: outside a transaction with no
+    /// reply outstanding. `None` while the server is busy or a transaction is
+    /// open — the idle timeout never ends those.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let quiet = self.transaction_status == b'I' && self.ready_received >= self.sync_points_sent;
+        self.idle_since.filter(|_| quiet)
     }
 
     fn lex_options(&self) -> LexOptions {
@@ -147,7 +160,7 @@ impl SessionSeams {
             frontend::QUERY => {
                 self.statements += 1;
                 let eval = self.evaluate_text(frame::query_text(body), body);
-                let action = self.apply_verdict(&eval, |token| query_frame(token));
+                let action = self.apply_verdict(&eval, query_frame);
                 if matches!(action, FrontendAction::Forward) {
                     self.policy.observe_prepared(&eval, &mut self.prepared);
                 }
@@ -175,7 +188,7 @@ impl SessionSeams {
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
                 let eval = self.policy.evaluate_function_call(oid, &self.scope);
-                let action = self.apply_verdict(&eval, |token| query_frame(token));
+                let action = self.apply_verdict(&eval, query_frame);
                 self.sync_points_sent += 1;
                 action
             }
@@ -235,6 +248,7 @@ impl SessionSeams {
                     self.transaction_status = status;
                 }
                 self.ready_received += 1;
+                self.idle_since = Some(Instant::now());
                 let settled = self.ready_received;
                 // A substitute skipped by the server (an earlier error in the
                 // same pipeline) never errors; forget it at its ReadyForQuery.
