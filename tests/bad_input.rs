@@ -419,13 +419,9 @@ async fn idle_timeout_ends_idle_sessions_with_57p05() {
 
 /// A session waiting for the server (a long query) or inside a transaction
 /// is not idle: `timeouts.idle_secs` documents "idle (outside a transaction)",
-/// like Postgres' idle_session_timeout.
-///
-/// Ignored: pgward bug. The relay decides whether to arm the idle timer when
-/// it starts waiting for client bytes, using the transaction status of the
-/// last ReadyForQuery. Right after forwarding `BEGIN` or a long `SELECT` the
-/// status is still 'I', so the timer is armed and fires mid-query / inside
-/// the transaction (FATAL 57P05). Run with `--ignored` to reproduce.
+/// like Postgres' idle_session_timeout. (A regression test: the timer used
+/// to be armed from the last ReadyForQuery's status alone, and fired
+/// mid-query and inside transactions.)
 #[tokio::test]
 async fn idle_timeout_spares_busy_sessions_and_transactions() {
     let mut cfg = proxy_config();
