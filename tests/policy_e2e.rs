@@ -1,11 +1,16 @@
 //! The policy, end to end: real Postgres, real clients, through pgward.
 
 mod common;
+mod rawpg;
 
 use std::net::SocketAddr;
 
-use common::{cluster, fresh_database, start_proxy, MD5_PW, MD5_USER, SCRAM_PW, SCRAM_USER};
+use common::{
+    cluster, fresh_database, start_proxy, CLEAR_PW, CLEAR_USER, MD5_PW, MD5_USER, SCRAM_PW,
+    SCRAM_USER,
+};
 use pgward::config::Config;
+use rawpg::Raw;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 async fn connect(addr: SocketAddr, user: &str, pw: &str, db: &str) -> Client {
@@ -349,4 +354,124 @@ async fn pgbench_workload_is_unaffected_by_the_default_policy() {
             "{mode}: {stdout}"
         );
     }
+}
+
+fn tags(msgs: &[rawpg::Msg]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+fn ready_status(msgs: &[rawpg::Msg]) -> u8 {
+    msgs.last().map(|(_, b)| b[0]).expect("ReadyForQuery")
+}
+
+#[tokio::test]
+async fn blocked_parse_mid_pipeline_skips_to_sync_like_postgres() {
+    let db = database_with_rows("pol_rawpipe");
+    let proxy = start_proxy(common::proxy_config()).await;
+    let (mut raw, _) = Raw::connect(proxy.addr(), CLEAR_USER, CLEAR_PW, &db).await;
+    let pipeline = |first: i32, last: i32| {
+        rawpg::cat(&[
+            rawpg::parse("", &format!("INSERT INTO t VALUES ({first})"), &[]),
+            rawpg::bind("", "", &[]),
+            rawpg::execute("", 0),
+            rawpg::parse("", "DELETE FROM t", &[]),
+            rawpg::bind("", "", &[]),
+            rawpg::execute("", 0),
+            rawpg::parse("", &format!("INSERT INTO t VALUES ({last})"), &[]),
+            rawpg::bind("", "", &[]),
+            rawpg::execute("", 0),
+            rawpg::sync(),
+        ])
+    };
+    // Outside a transaction: the messages up to Sync form one implicit
+    // transaction, which the (server-side) error rolls back, as direct.
+    raw.send(&pipeline(7, 8)).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "12CEZ", "{}", rawpg::show(&msgs));
+    assert_eq!(
+        rawpg::first_error(&msgs),
+        Some(("ERROR".to_string(), "42501".to_string()))
+    );
+    assert_eq!(ready_status(&msgs), b'I');
+
+    // Inside a transaction: the block fails the server's transaction.
+    raw.send(&rawpg::query("BEGIN")).await;
+    raw.until_ready().await;
+    raw.send(&pipeline(9, 10)).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "12CEZ", "{}", rawpg::show(&msgs));
+    assert_eq!(ready_status(&msgs), b'E');
+    raw.send(&rawpg::query("COMMIT")).await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        rawpg::show(&msgs).contains("ROLLBACK"),
+        "{}",
+        rawpg::show(&msgs)
+    );
+    // Postgres rolls back an implicit transaction at the error too, so
+    // neither pipeline left a row behind.
+    assert_eq!(count(&db), 3);
+}
+
+#[tokio::test]
+async fn function_call_is_blocked_unless_allowed() {
+    let db = fresh_database("pol_fcall");
+    let abs_int4 = 1397;
+    let proxy = start_proxy(common::proxy_config()).await;
+    let (mut raw, _) = Raw::connect(proxy.addr(), CLEAR_USER, CLEAR_PW, &db).await;
+    raw.send(&rawpg::function_call(abs_int4, &["-5"])).await;
+    let msgs = raw.until_ready().await;
+    let (_, body) = msgs.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(rawpg::error_field(body, b'C').as_deref(), Some("42501"));
+    assert!(rawpg::error_field(body, b'M')
+        .unwrap()
+        .contains("function_call"));
+    // The session goes on.
+    let msgs = raw.simple("SELECT 1").await;
+    assert_eq!(rawpg::data_rows(&msgs), vec![vec![Some("1".to_string())]]);
+
+    let open = start_proxy(config_with_policy("function_call_allow = [\"abs\"]")).await;
+    let (mut raw, _) = Raw::connect(open.addr(), CLEAR_USER, CLEAR_PW, &db).await;
+    raw.send(&rawpg::function_call(abs_int4, &["-5"])).await;
+    let msgs = raw.until_ready().await;
+    let (_, body) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'V')
+        .expect("FunctionCallResponse");
+    assert_eq!(&body[4..], b"5");
+}
+
+#[test]
+fn builtin_function_oids_match_the_live_catalog() {
+    let h = cluster();
+    for (name, oids) in pgward::policy::builtin_functions::BUILTIN_FUNCTION_OIDS {
+        let live =
+            h.pg.psql(
+                "postgres",
+                &format!("SELECT oid FROM pg_proc WHERE proname = '{name}' ORDER BY oid"),
+            )
+            .unwrap();
+        let live: Vec<u32> = live.lines().map(|l| l.trim().parse().unwrap()).collect();
+        let mut ours = oids.to_vec();
+        ours.sort();
+        assert_eq!(live, ours, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn strict_profile_blocks_dynamic_sql_the_default_lets_it_run() {
+    let db = database_with_rows("pol_dynamic");
+    let do_block = "DO $$ BEGIN DELETE FROM t WHERE a = 1; END $$";
+    let strict = start_proxy(config_with_policy("profile = \"strict\"")).await;
+    let client = connect(strict.addr(), SCRAM_USER, SCRAM_PW, &db).await;
+    let err = client.simple_query(do_block).await.unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "42501");
+    assert!(e.message().contains("dynamic_sql"), "{}", e.message());
+    assert_eq!(count(&db), 3);
+
+    let default = start_proxy(common::proxy_config()).await;
+    let client = connect(default.addr(), SCRAM_USER, SCRAM_PW, &db).await;
+    client.simple_query(do_block).await.unwrap();
+    assert_eq!(count(&db), 2);
 }

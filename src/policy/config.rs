@@ -177,6 +177,11 @@ pub struct PolicyConfig {
     /// search_path).
     #[serde(default = "default_schemas")]
     pub default_schemas: Vec<String>,
+    /// FunctionCall messages allowed despite the `function_call` rule:
+    /// built-in function names (e.g. the `lo_*` large-object functions libpq
+    /// uses) or numeric OIDs, resolved when the policy loads.
+    #[serde(default)]
+    pub function_call_allow: Vec<String>,
     #[serde(default)]
     pub rules: BuiltinRules,
     #[serde(default)]
@@ -191,6 +196,7 @@ impl Default for PolicyConfig {
             profile: Profile::default(),
             cache_entries: default_cache_entries(),
             default_schemas: default_schemas(),
+            function_call_allow: Vec::new(),
             rules: BuiltinRules::default(),
             custom: Vec::new(),
         }
