@@ -49,8 +49,10 @@ fn scope() -> SessionScope {
 
 fn bench(c: &mut Criterion) {
     let cached = Policy::from_config(&PolicyConfig::default()).unwrap();
-    let mut uncached_cfg = PolicyConfig::default();
-    uncached_cfg.cache_entries = 0;
+    let uncached_cfg = PolicyConfig {
+        cache_entries: 0,
+        ..PolicyConfig::default()
+    };
     let uncached = Policy::from_config(&uncached_cfg).unwrap();
     let registry = PreparedRegistry::new();
     let scope = scope();
