@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# pgward benchmark: direct Postgres vs PgBouncer (session mode) vs pgward
+# (default policy) vs pgward (policy allow-all). See bench/README.md.
+#
+#   DURATION=10 bash bench/run.sh
+#
+# Environment knobs (defaults in brackets):
+#   DURATION [10]      seconds per pgbench run
+#   ROUNDS [1]         repeat every workload/target this many times; the table shows the mean
+#   SCALE [10]         pgbench -i scale
+#   COPY_ROWS [1000000] rows per COPY run;  COPY_REPS [3] runs per target (median shown)
+#   IDLE_AUTH_N [1000] authenticated idle clients;  IDLE_RAW_N [10000] pre-startup idle sockets
+#   MAX_LOAD [1.5] / LOAD_WAIT_SECS [600]  wait (polling every 30 s) for the 1-min load average
+#                      to drop below MAX_LOAD before measuring; LOAD_WAIT_SECS=0 skips
+#   BASE_PORT [45400]  ports BASE+32 .. BASE+36 are used
+#   PGWARD_BIN         use this binary instead of `cargo build --release`
+#   KEEP_TMP=1         keep the temp dir (logs, configs) after the run
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-1}
+SCALE=${SCALE:-10}
+COPY_ROWS=${COPY_ROWS:-1000000}
+COPY_REPS=${COPY_REPS:-3}
+IDLE_AUTH_N=${IDLE_AUTH_N:-1000}
+IDLE_RAW_N=${IDLE_RAW_N:-10000}
+MAX_LOAD=${MAX_LOAD:-1.5}
+LOAD_WAIT_SECS=${LOAD_WAIT_SECS:-600}
+BASE=${BASE_PORT:-45400}
+PGPORT=$((BASE + 32))   # Postgres
+PGBPORT=$((BASE + 33))  # PgBouncer
+PWA=$((BASE + 34))      # pgward, built-in defaults (policy on)
+PWB=$((BASE + 35))      # pgward, policy allow-all
+PWI=$((BASE + 36))      # pgward, idle-memory config
+
+say() { echo "# $*"; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- file limit
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+say "open-file limit: $(ulimit -n)"
+
+# ---------------------------------------------------------------- 1. build
+if [[ -n "${PGWARD_BIN:-}" ]]; then
+  PGWARD=$PGWARD_BIN
+else
+  say "cargo build --release"
+  (cd "$ROOT" && cargo build --release --quiet)
+  PGWARD=$ROOT/target/release/pgward
+fi
+[[ -x "$PGWARD" ]] || die "no pgward binary at $PGWARD"
+
+# ---------------------------------------------------------------- binaries
+PGBIN=${PGBIN:-}
+if [[ -z "$PGBIN" ]]; then
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+fi
+if [[ -z "$PGBIN" || ! -x "$PGBIN/initdb" ]]; then
+  command -v initdb >/dev/null || die "initdb not found (apt-get install postgresql)"
+  PGBIN=$(dirname "$(command -v initdb)")
+fi
+PGBENCH=$PGBIN/pgbench; [[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench)
+PSQL=$PGBIN/psql;       [[ -x $PSQL ]] || PSQL=$(command -v psql)
+
+if ! command -v pgbouncer >/dev/null; then
+  say "installing pgbouncer (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null
+fi
+PGBOUNCER=$(command -v pgbouncer)
+# The Debian package enables a systemd unit; we never use it (no systemd here).
+
+# ---------------------------------------------------------------- load
+load1() { cut -d' ' -f1 /proc/loadavg; }
+wait_load() {
+  local waited=0
+  while (( waited < LOAD_WAIT_SECS )); do
+    awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN{exit !(l < m)}' && break
+    say "load $(load1) >= $MAX_LOAD, waiting 30 s (${waited}s so far)"
+    sleep 30; waited=$((waited + 30))
+  done
+  say "load average now: $(cat /proc/loadavg)"
+}
+
+# ---------------------------------------------------------------- temp dir + cleanup
+DIR=$(mktemp -d /tmp/pgward-bench.XXXXXX)
+chown postgres: "$DIR"; chmod 755 "$DIR"
+PIDS=()
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  if [[ -f $DIR/pgbouncer.pid ]]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null; sleep 0.5; fi
+  if [[ -f $DIR/data/postmaster.pid ]]; then
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1
+  fi
+  if [[ "${KEEP_TMP:-0}" == 1 ]]; then echo "# kept $DIR" >&2; else rm -rf "$DIR"; fi
+}
+trap cleanup EXIT
+
+wait_sql() { # port: wait until `select 1` works through it
+  local i
+  for i in $(seq 1 100); do
+    "$PSQL" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "nothing answering SQL on port $1"
+}
+
+# ---------------------------------------------------------------- 2. Postgres
+PG_MAX_CONN=$((IDLE_AUTH_N + 150))
+(( PG_MAX_CONN < 300 )) && PG_MAX_CONN=300
+wait_load
+LOAD_BEFORE=$(cat /proc/loadavg)
+say "initdb ($PGBIN)"
+runuser -u postgres -- "$PGBIN/initdb" -D "$DIR/data" -U postgres --auth=trust >"$DIR/initdb.log" 2>&1
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" \
+  -o "-p $PGPORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=$PG_MAX_CONN -c shared_buffers=512MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+  -w start >/dev/null
+wait_sql "$PGPORT"
+
+# ---------------------------------------------------------------- 3. PgBouncer (session mode)
+cat >"$DIR/userlist.txt" <<EOF
+"postgres" ""
+EOF
+cat >"$DIR/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PGPORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBPORT
+unix_socket_dir = $DIR
+auth_type = trust
+auth_file = $DIR/userlist.txt
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 100
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+admin_users = postgres
+ignore_startup_parameters = extra_float_digits
+EOF
+chown postgres: "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
+runuser -u postgres -- "$PGBOUNCER" -d "$DIR/pgbouncer.ini"
+wait_sql "$PGBPORT"
+
+# ---------------------------------------------------------------- 4. pgward x2
+cat >"$DIR/allowall.toml" <<'EOF'
+# policy allow-all: every built-in rule allowed; statements are still parsed.
+[policy.rules.truncate]
+action = "allow"
+[policy.rules.delete_without_where]
+action = "allow"
+[policy.rules.update_without_where]
+action = "allow"
+[policy.rules.tautological_where]
+action = "allow"
+[policy.rules.drop]
+action = "allow"
+[policy.rules.unparsed]
+action = "allow"
+[policy.rules.function_call]
+action = "allow"
+[policy.rules.dynamic_sql]
+action = "allow"
+EOF
+cat >"$DIR/idle.toml" <<EOF
+[limits]
+max_client_connections = $((IDLE_RAW_N + IDLE_AUTH_N + 100))
+[timeouts]
+startup_secs = 300
+EOF
+"$PGWARD" check "$DIR/allowall.toml" >/dev/null
+"$PGWARD" check "$DIR/idle.toml" >/dev/null
+
+# pgward A: no config file = built-in defaults (policy on).
+"$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 &
+PIDS+=($!)
+"$PGWARD" run --config "$DIR/allowall.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-allowall.log" 2>&1 &
+PIDS+=($!)
+wait_sql "$PWA"
+wait_sql "$PWB"
+# sanity: the default policy really is on, allow-all really is off
+if "$PSQL" -X -q -h 127.0.0.1 -p "$PWA" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then
+  die "default pgward did not block an unqualified DELETE"
+fi
+grep -q 'blocked' "$DIR/chk" || die "default pgward: unexpected error: $(cat "$DIR/chk")"
+if "$PSQL" -X -q -h 127.0.0.1 -p "$PWB" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then :; fi
+grep -q 'does not exist' "$DIR/chk" || die "allow-all pgward: expected 'does not exist', got: $(cat "$DIR/chk")"
+
+# ---------------------------------------------------------------- 5. pgbench -i (directly)
+say "pgbench -i -s $SCALE (direct to Postgres)"
+"$PGBENCH" -i -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >"$DIR/pgbench-init.log" 2>&1
+
+say "versions: $("$PGBIN/postgres" --version | head -1); $("$PGBOUNCER" --version | head -1); pgward $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+say "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); pgbench, Postgres and the proxies share them"
+
+# ---------------------------------------------------------------- 6. pgbench workloads
+TARGETS=(direct pgbouncer pgward pgward-allowall)
+port_of() {
+  case $1 in
+    direct) echo "$PGPORT" ;; pgbouncer) echo "$PGBPORT" ;;
+    pgward) echo "$PWA" ;; pgward-allowall) echo "$PWB" ;;
+  esac
+}
+WORKLOADS=(
+  "-S -M simple -c 1"
+  "-S -M extended -c 1"
+  "-S -M prepared -c 1"
+  "-S -M simple -c 16 -j 2"
+  "-S -M extended -c 16 -j 2"
+  "-S -M prepared -c 16 -j 2"
+  "-M prepared -c 8 -j 2"
+  "-C -S -c 4 -j 2"
+)
+WNAMES=(
+  "select-only simple c1"
+  "select-only extended c1"
+  "select-only prepared c1"
+  "select-only simple c16"
+  "select-only extended c16"
+  "select-only prepared c16"
+  "tpc-b prepared c8"
+  "connect churn -C select c4"
+)
+RES=$DIR/pgbench.tsv
+: >"$RES"
+say "pgbench: ${#WORKLOADS[@]} workloads x ${#TARGETS[@]} targets x ${ROUNDS} round(s) x ${DURATION}s, load now $(load1)"
+for ((r = 0; r < ROUNDS; r++)); do
+  for ((w = 0; w < ${#WORKLOADS[@]}; w++)); do
+    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+      t=${TARGETS[$(((k + w + r) % ${#TARGETS[@]}))]}   # rotate the order per workload/round
+      out=$DIR/pgbench-$r-$w-$t.log
+      # shellcheck disable=SC2086
+      if "$PGBENCH" -h 127.0.0.1 -p "$(port_of "$t")" -U postgres -n -T "$DURATION" ${WORKLOADS[$w]} postgres >"$out" 2>&1; then
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
+        lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
+        failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
+        [[ -n "$failed" && "$failed" != 0 ]] && say "WARNING: $t ${WNAMES[$w]}: $failed failed transactions"
+      else
+        say "FAILED: $t ${WNAMES[$w]}: $(tail -3 "$out" | tr '\n' ' ')"
+        tps=0; lat=0
+      fi
+      printf '%s\t%s\t%s\t%s\n' "${WNAMES[$w]}" "$t" "${tps:-0}" "${lat:-0}" >>"$RES"
+      say "round $((r + 1)) ${WNAMES[$w]} $t: tps=$tps lat=${lat}ms (load $(load1))"
+    done
+  done
+done
+
+# ---------------------------------------------------------------- 7. COPY
+COPYRES=$DIR/copy.tsv
+: >"$COPYRES"
+COPY_OUT_SQL="COPY (SELECT g, md5(g::text) FROM generate_series(1,$COPY_ROWS) g) TO STDOUT"
+"$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "$COPY_OUT_SQL" >"$DIR/copy.dat"
+COPY_BYTES=$(stat -c %s "$DIR/copy.dat")
+"$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c 'CREATE UNLOGGED TABLE copy_in (a int, b text)' >/dev/null
+now() { date +%s.%N; }
+say "COPY: $COPY_ROWS rows, $COPY_BYTES bytes, $COPY_REPS runs per target"
+for ((i = 0; i < COPY_REPS; i++)); do
+  for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+    t=${TARGETS[$(((k + i) % ${#TARGETS[@]}))]}
+    p=$(port_of "$t")
+    t0=$(now)
+    "$PSQL" -X -q -h 127.0.0.1 -p "$p" -U postgres -d postgres -c "$COPY_OUT_SQL" >/dev/null
+    t1=$(now)
+    printf 'copy out\t%s\t%s\n' "$t" "$(echo "$t1 - $t0" | bc -l)" >>"$COPYRES"
+    # COPY IN: empty the table directly (pgward would rightly block TRUNCATE), load through the target.
+    "$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c 'TRUNCATE copy_in' >/dev/null
+    t0=$(now)
+    "$PSQL" -X -q -h 127.0.0.1 -p "$p" -U postgres -d postgres -c 'COPY copy_in FROM STDIN' <"$DIR/copy.dat" >/dev/null
+    t1=$(now)
+    printf 'copy in\t%s\t%s\n' "$t" "$(echo "$t1 - $t0" | bc -l)" >>"$COPYRES"
+  done
+done
+n=$("$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Atc 'select count(*) from copy_in')
+[[ "$n" == "$COPY_ROWS" ]] || die "COPY IN loaded $n rows, expected $COPY_ROWS"
+
+# ---------------------------------------------------------------- 8. idle-connection memory
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+nfds() { ls "/proc/$1/fd" | wc -l; }
+IDLERES=$DIR/idle.tsv
+: >"$IDLERES"
+# idle_measure LABEL PID PORT N [--no-startup]
+idle_measure() {
+  local label=$1 pid=$2 port=$3 n=$4 mode=${5:-} before after fds0 fds i py out=$DIR/idle-$1.out
+  sleep 1
+  before=$(rss_kib "$pid"); fds0=$(nfds "$pid")
+  # shellcheck disable=SC2086
+  python3 "$ROOT/bench/idle_clients.py" 127.0.0.1 "$port" "$n" $mode >"$out" 2>&1 &
+  py=$!
+  for i in $(seq 1 600); do
+    grep -q -e READY -e FAILED "$out" && break
+    kill -0 "$py" 2>/dev/null || break
+    sleep 0.5
+  done
+  if ! grep -q READY "$out"; then
+    say "idle $label: clients did not get ready: $(tail -2 "$out" | tr '\n' ' ')"
+    kill "$py" 2>/dev/null || true; wait "$py" 2>/dev/null || true
+    printf '%s\t%s\tFAILED\t-\t-\t-\n' "$label" "$n" >>"$IDLERES"
+    return 0
+  fi
+  # wait until the server process really holds the sockets (the kernel completes
+  # connect() from the backlog before accept()).
+  for i in $(seq 1 120); do
+    fds=$(nfds "$pid"); (( fds - fds0 >= n )) && break; sleep 0.5
+  done
+  sleep 2
+  after=$(rss_kib "$pid"); fds=$(nfds "$pid")
+  kill "$py"; wait "$py" 2>/dev/null || true
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$n" "$before" "$after" "$((fds - fds0))" \
+    "$(echo "scale=1; ($after - $before) / $n" | bc -l)" >>"$IDLERES"
+  say "idle $label: n=$n rss ${before} -> ${after} KiB, +$((fds - fds0)) fds"
+}
+start_idle_pgward() {
+  "$PGWARD" run --config "$DIR/idle.toml" --listen "127.0.0.1:$PWI" --upstream "127.0.0.1:$PGPORT" >>"$DIR/pgward-idle.log" 2>&1 &
+  IDLE_PID=$!
+  PIDS+=("$IDLE_PID")
+  wait_sql "$PWI"
+}
+stop_idle_pgward() { kill "$IDLE_PID"; wait "$IDLE_PID" 2>/dev/null || true; }
+
+say "idle memory: $IDLE_AUTH_N authenticated clients, $IDLE_RAW_N pre-startup sockets"
+start_idle_pgward
+idle_measure "pgward authenticated (startup done, 1 backend each)" "$IDLE_PID" "$PWI" "$IDLE_AUTH_N"
+stop_idle_pgward
+start_idle_pgward
+idle_measure "pgward pre-startup (TCP only, no startup packet)" "$IDLE_PID" "$PWI" "$IDLE_RAW_N" --no-startup
+stop_idle_pgward
+idle_measure "pgbouncer authenticated (reference)" "$(cat "$DIR/pgbouncer.pid")" "$PGBPORT" "$IDLE_AUTH_N"
+
+LOAD_AFTER=$(cat /proc/loadavg)
+
+# ---------------------------------------------------------------- report
+echo
+echo "## pgbench (DURATION=${DURATION}s, ROUNDS=$ROUNDS, scale $SCALE; TPS and latency are the mean over rounds)"
+echo
+awk -F'\t' '
+  { k = $1 SUBSEP $2; if (!(k in n)) { order[++no] = k } n[k]++; tps[k] += $3; lat[k] += $4 }
+  END {
+    print "| workload | target | TPS | avg latency ms | +latency vs direct ms | ratio to direct | ratio to pgbouncer |"
+    print "|---|---|---:|---:|---:|---:|---:|"
+    for (i = 1; i <= no; i++) { k = order[i]; split(k, p, SUBSEP); wl[p[1]] = 1 }
+    nw = 0
+    for (i = 1; i <= no; i++) { split(order[i], p, SUBSEP); if (!(p[1] in seen)) { seen[p[1]] = 1; ws[++nw] = p[1] } }
+    split("direct pgbouncer pgward pgward-allowall", ts, " ")
+    for (w = 1; w <= nw; w++) for (j = 1; j <= 4; j++) {
+      k = ws[w] SUBSEP ts[j]; if (!(k in n)) continue
+      d = ws[w] SUBSEP "direct"; b = ws[w] SUBSEP "pgbouncer"
+      T = tps[k] / n[k]; L = lat[k] / n[k]; TD = tps[d] / n[d]; LD = lat[d] / n[d]; TB = tps[b] / n[b]
+      printf "| %s | %s | %.0f | %.3f | %+.3f | %.3f | %.3f |\n", ws[w], ts[j], T, L, L - LD, (TD > 0 ? T / TD : 0), (TB > 0 ? T / TB : 0)
+    }
+  }' "$RES"
+
+echo
+echo "## COPY ($COPY_ROWS rows, $(awk -v b="$COPY_BYTES" 'BEGIN{printf "%.1f", b / 1e6}') MB of text per run; median of $COPY_REPS runs, psql wall time)"
+echo
+echo "| direction | target | seconds | MB/s | ratio to direct (throughput) |"
+echo "|---|---|---:|---:|---:|"
+for dirn in "copy out" "copy in"; do
+  dmed=""
+  for t in "${TARGETS[@]}"; do
+    med=$(awk -F'\t' -v d="$dirn" -v t="$t" '$1 == d && $2 == t {print $3}' "$COPYRES" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
+    [[ -z "$dmed" ]] && dmed=$med
+    printf '| %s | %s | %.3f | %.1f | %.3f |\n' "$dirn" "$t" "$med" \
+      "$(echo "$COPY_BYTES / $med / 1000000" | bc -l)" "$(echo "$dmed / $med" | bc -l)"
+  done
+done
+
+echo
+echo "## Idle-connection memory (VmRSS of the server process before/after; fresh pgward process per measurement)"
+echo
+echo "| what | clients | RSS before KiB | RSS after KiB | sockets held (+fds) | KiB per client |"
+echo "|---|---:|---:|---:|---:|---:|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$IDLERES"
+
+echo
+echo "load average before: $LOAD_BEFORE"
+echo "load average after:  $LOAD_AFTER"
