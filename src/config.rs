@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration error with enough context for an operator to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -38,10 +38,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+    /// Served by `/policy` from the file's own `[policy]` table.
+    #[serde(skip_serializing)]
     pub policy: crate::policy::PolicyConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Addresses pgward accepts clients on.
@@ -56,7 +59,7 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub host: String,
@@ -77,7 +80,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTlsMode {
     #[default]
@@ -88,7 +91,7 @@ pub enum UpstreamTlsMode {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTlsConfig {
     pub mode: UpstreamTlsMode,
@@ -99,7 +102,7 @@ pub struct UpstreamTlsConfig {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientTlsMode {
     #[default]
@@ -108,7 +111,7 @@ pub enum ClientTlsMode {
     Require,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTlsConfig {
     pub mode: ClientTlsMode,
@@ -116,7 +119,7 @@ pub struct ClientTlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_client_connections: usize,
@@ -134,7 +137,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     /// Seconds a client has from connecting to its first ReadyForQuery.
@@ -143,6 +146,9 @@ pub struct TimeoutsConfig {
     pub connect_secs: u64,
     /// Close sessions idle (outside a transaction) this long; 0 = never.
     pub idle_secs: u64,
+    /// On SIGTERM, seconds sessions get to finish their transaction before
+    /// they are closed with 57P01.
+    pub shutdown_secs: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -151,6 +157,7 @@ impl Default for TimeoutsConfig {
             startup_secs: 30,
             connect_secs: 10,
             idle_secs: 0,
+            shutdown_secs: 30,
         }
     }
 }
@@ -162,12 +169,15 @@ impl TimeoutsConfig {
     pub fn connect(&self) -> Duration {
         Duration::from_secs(self.connect_secs)
     }
+    pub fn shutdown(&self) -> Duration {
+        Duration::from_secs(self.shutdown_secs)
+    }
     pub fn idle(&self) -> Option<Duration> {
         (self.idle_secs > 0).then(|| Duration::from_secs(self.idle_secs))
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -175,7 +185,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -188,6 +198,25 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP port (/metrics, /healthz, /readyz,
+    /// /policy); empty = no admin port.
+    pub listen: String,
+    /// File holding a bearer token required for /metrics and /policy.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9187".to_string(),
+            bearer_token_file: None,
         }
     }
 }
@@ -252,6 +281,14 @@ impl Config {
         }
         if t.cert_file.is_some() != t.key_file.is_some() {
             return Err("upstream.tls.cert_file and key_file must be set together".into());
+        }
+        if !self.admin.listen.is_empty() {
+            self.admin.listen.parse::<SocketAddr>().map_err(|e| {
+                format!(
+                    "admin.listen: {:?} is not an address:port ({e})",
+                    self.admin.listen
+                )
+            })?;
         }
         if self.limits.max_client_connections == 0 {
             return Err("limits.max_client_connections must be at least 1".into());

@@ -5,6 +5,7 @@
 //! `tls` (rustls setup), `cluster` (throwaway Postgres for `demo` and tests),
 //! `logging`.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod logging;

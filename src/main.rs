@@ -76,7 +76,11 @@ fn main() -> ExitCode {
             listen,
             upstream,
             upstream_socket,
-        } => run(config, listen, upstream, upstream_socket),
+        } => upstream
+            .as_deref()
+            .map(parse_upstream)
+            .transpose()
+            .and_then(|upstream| run(config, listen, upstream, upstream_socket)),
         Command::Check { file } => return check(&file),
         Command::Demo { config, port } => pgward_demo(config, port),
         Command::Explain {
@@ -107,43 +111,95 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
 fn run(
     config: Option<PathBuf>,
     listen: Option<String>,
-    upstream: Option<String>,
+    upstream: Option<(String, u16)>,
     upstream_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let overrides = move |cfg: &mut Config| {
+        if let Some(listen) = &listen {
+            cfg.listen.addresses = vec![listen.clone()];
+        }
+        if let Some((host, port)) = &upstream {
+            cfg.upstream.host = host.clone();
+            cfg.upstream.port = *port;
+            cfg.upstream.socket_dir = None;
+        }
+        if let Some(dir) = &upstream_socket {
+            cfg.upstream.socket_dir = Some(dir.clone());
+        }
+    };
     let mut cfg = load_config(config.as_ref())?;
-    if let Some(listen) = listen {
-        cfg.listen.addresses = vec![listen];
-    }
-    if let Some(up) = upstream {
-        let (host, port) = up
-            .rsplit_once(':')
-            .with_context(|| format!("--upstream {up:?} is not HOST:PORT"))?;
-        cfg.upstream.host = host.trim_matches(['[', ']']).to_string();
-        cfg.upstream.port = port
-            .parse()
-            .with_context(|| format!("--upstream {up:?}: bad port"))?;
-        cfg.upstream.socket_dir = None;
-    }
-    if let Some(dir) = upstream_socket {
-        cfg.upstream.socket_dir = Some(dir);
-    }
+    overrides(&mut cfg);
     cfg.validate().map_err(anyhow::Error::msg)?;
     pgward::logging::init(&cfg.log);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let proxy = Proxy::bind(cfg).await?;
-        proxy.run(shutdown_signal()).await;
-        anyhow::Ok(())
+        let proxy = match &config {
+            Some(path) => Proxy::bind_file(path, overrides).await?,
+            None => Proxy::bind(cfg.clone()).await?,
+        };
+        serve_until_signalled(proxy, &cfg).await
     })
+}
+
+/// Parse `--upstream HOST:PORT`.
+fn parse_upstream(up: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = up
+        .rsplit_once(':')
+        .with_context(|| format!("--upstream {up:?} is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("--upstream {up:?}: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// Run the proxy and its admin port; SIGHUP reloads, SIGTERM drains for
+/// `timeouts.shutdown_secs`, SIGINT drains for at most 5 s.
+async fn serve_until_signalled(proxy: Proxy, cfg: &Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handle = proxy.handle();
+    let admin = if cfg.admin.listen.is_empty() {
+        None
+    } else {
+        let server = pgward::admin::AdminServer::bind(&cfg.admin.listen, handle.clone())
+            .await
+            .with_context(|| format!("admin.listen {}", cfg.admin.listen))?;
+        Some(server.spawn())
+    };
+    let watcher = tokio::spawn(handle.clone().watch_file(std::time::Duration::from_secs(2)));
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let accept = tokio::spawn(proxy.run(async {
+        let _ = stop_rx.await;
+    }));
+    let grace = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = handle.reload();
+            }
+            _ = term.recv() => {
+                break handle.live().config.timeouts.shutdown();
+            }
+            _ = int.recv() => {
+                break handle.live().config.timeouts.shutdown().min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
+    let _ = stop_tx.send(());
+    handle.shutdown(grace).await;
+    let _ = accept.await;
+    watcher.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
-        Ok(cfg) => match pgward::tls::client_acceptor(&cfg.client_tls)
-            .map(|_| ())
-            .and_then(|_| {
-                pgward::tls::upstream_connector(&cfg.upstream.tls, &cfg.upstream.host).map(|_| ())
-            }) {
+        Ok(cfg) => match pgward::proxy::Live::build(cfg, None).map(|_| ()) {
             Ok(()) => {
                 println!("{}: OK", file.display());
                 ExitCode::SUCCESS
@@ -227,7 +283,9 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
             addr.port()
         );
         println!("Press Ctrl-C to stop and remove everything.");
+        let handle = proxy.handle();
         proxy.run(shutdown_signal()).await;
+        handle.shutdown(std::time::Duration::from_secs(2)).await;
         anyhow::Ok(())
     });
     drop(runtime);

@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
 use super::stream::{ClientStream, UpstreamStream};
+use super::Phase;
+use crate::admin::metrics::metrics;
 use crate::wire::errors::{sqlstate, PgError};
 use crate::wire::frame::{self, frontend};
 
@@ -40,6 +42,8 @@ pub enum RelayEnd {
     ServerClosed,
     ClientProtocolViolation(String),
     IdleTimeout,
+    /// Closed with 57P01 by a graceful shutdown.
+    Shutdown,
     ClientIo(std::io::Error),
     ServerIo(std::io::Error),
 }
@@ -55,6 +59,7 @@ type ClientWriter = AsyncMutex<WriteHalf<ClientStream>>;
 
 /// Relay until either side ends. `client_pending`/`server_pending` are bytes
 /// already read during startup that belong to the relay phase.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     client: ClientStream,
     server: UpstreamStream,
@@ -63,6 +68,7 @@ pub async fn relay(
     seams: &Mutex<SessionSeams>,
     limits: RelayLimits,
     traffic: &Traffic,
+    shutdown: tokio::sync::watch::Receiver<Phase>,
 ) -> RelayEnd {
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
@@ -79,6 +85,7 @@ pub async fn relay(
             &backend_mid_frame,
             limits,
             traffic,
+            shutdown,
         );
         let down = pump_backend(
             server_read,
@@ -122,6 +129,7 @@ async fn pump_frontend(
     backend_mid_frame: &AtomicBool,
     limits: RelayLimits,
     traffic: &Traffic,
+    mut shutdown: tokio::sync::watch::Receiver<Phase>,
 ) -> RelayEnd {
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
@@ -180,6 +188,7 @@ async fn pump_frontend(
             traffic
                 .from_client
                 .fetch_add((pos - start) as u64, Ordering::Relaxed);
+            metrics().client_bytes_received.inc_by((pos - start) as u64);
         }
         buf.advance(pos);
         if terminated {
@@ -201,19 +210,46 @@ async fn pump_frontend(
 
         ensure_read_space(&mut buf);
         let read = loop {
-            let Some(limit) = limits
-                .idle_timeout
-                .filter(|_| buf.is_empty() && passthrough == 0)
-            else {
-                break reader.read_buf(&mut buf).await;
-            };
+            let at_boundary = buf.is_empty() && passthrough == 0;
+            let phase = *shutdown.borrow_and_update();
+            if phase == Phase::Closing || (phase == Phase::Draining && at_boundary) {
+                // Draining closes a session only at an idle point: outside a
+                // transaction, nothing outstanding, between client frames.
+                let idle = lock(seams).idle_since().is_some();
+                if phase == Phase::Closing || idle {
+                    return close_for_shutdown(
+                        &mut writer,
+                        client_write,
+                        backend_mid_frame,
+                        at_boundary,
+                    )
+                    .await;
+                }
+            }
+            let idle_limit = limits.idle_timeout.filter(|_| at_boundary);
             // While the server is busy or a transaction is open there is no
             // idle clock; look again after one period.
-            let idle_since = lock(seams).idle_since();
-            let deadline = idle_since.map_or_else(Instant::now, Instant::from_std) + limit;
-            match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
-                Ok(r) => break r,
-                Err(_) => {
+            let idle_deadline = idle_limit.map(|limit| {
+                let idle_since = lock(seams).idle_since();
+                idle_since.map_or_else(Instant::now, Instant::from_std) + limit
+            });
+            // While draining, look for the idle point a reply creates.
+            let drain_tick =
+                (phase == Phase::Draining).then(|| Instant::now() + Duration::from_millis(50));
+            let wake = match (idle_deadline, drain_tick) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                r = reader.read_buf(&mut buf) => break r,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The proxy is gone; nothing will signal again.
+                        break reader.read_buf(&mut buf).await;
+                    }
+                }
+                _ = sleep_until_opt(wake), if wake.is_some() => {
+                    let Some(limit) = idle_limit else { continue };
                     let idle_for = lock(seams).idle_since().map(|t| t.elapsed());
                     if idle_for.is_some_and(|d| d >= limit) {
                         let _ = writer.write_all(b"X\0\0\0\x04").await;
@@ -235,6 +271,38 @@ async fn pump_frontend(
             Err(e) => return RelayEnd::ClientIo(e),
         }
     }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// End a session for a shutdown: Terminate upstream (when between frames
+/// there), then 57P01 to the client (only between frames toward it).
+async fn close_for_shutdown(
+    writer: &mut WriteHalf<UpstreamStream>,
+    client_write: &ClientWriter,
+    backend_mid_frame: &AtomicBool,
+    upstream_at_boundary: bool,
+) -> RelayEnd {
+    if upstream_at_boundary {
+        let _ = writer.write_all(b"X\0\0\0\x04").await;
+        let _ = writer.flush().await;
+    }
+    let mut w = client_write.lock().await;
+    if !backend_mid_frame.load(Ordering::Acquire) {
+        let err = PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .with_detail("pgward is shutting down");
+        let _ = w.write_all(&err.to_bytes()).await;
+        let _ = w.flush().await;
+    }
+    RelayEnd::Shutdown
 }
 
 /// Write and flush: TLS streams hold written bytes until flushed.
@@ -318,6 +386,7 @@ async fn pump_backend(
                 return RelayEnd::ClientIo(e);
             }
             traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
+            metrics().client_bytes_sent.inc_by(pos as u64);
         }
         buf.advance(pos);
         ensure_read_space(&mut buf);

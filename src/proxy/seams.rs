@@ -20,11 +20,12 @@
 //! for pgward's own 42501 error. Nothing of the blocked statement ran.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::PolicySource;
+use crate::admin::metrics::metrics;
 use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
 use crate::wire::errors::PgError;
 use crate::wire::frame::{self, backend, frontend};
@@ -61,7 +62,9 @@ struct PendingBlock {
 
 /// Per-session protocol state that policy, identity and audit build on.
 pub struct SessionSeams {
-    policy: Arc<Policy>,
+    /// The live policy: loaded once per Query/Parse, so a reload applies
+    /// from the session's next statement.
+    policy: PolicySource,
     pub scope: SessionScope,
     prepared: PreparedRegistry,
     /// Transaction status from the last ReadyForQuery: `I`, `T` or `E`.
@@ -86,7 +89,7 @@ pub struct SessionSeams {
 }
 
 impl SessionSeams {
-    pub fn new(policy: Arc<Policy>, scope: SessionScope, session_id: u64) -> Self {
+    pub fn new(policy: PolicySource, scope: SessionScope, session_id: u64) -> Self {
         SessionSeams {
             policy,
             scope,
@@ -138,19 +141,25 @@ impl SessionSeams {
         })
     }
 
-    fn evaluate_text(&self, decoded: Result<&str, &'static str>, raw: &[u8]) -> Evaluation {
-        match decoded {
+    fn evaluate_text(
+        &self,
+        policy: &Policy,
+        decoded: Result<&str, &'static str>,
+        raw: &[u8],
+    ) -> Evaluation {
+        let started = Instant::now();
+        let eval = match decoded {
             Ok(sql) => match self.unsafe_encoding(sql) {
-                Some(reason) => self.policy.evaluate_unreadable(sql, &reason, &self.scope),
-                None => self
-                    .policy
-                    .evaluate(sql, &self.scope, self.lex_options(), &self.prepared),
+                Some(reason) => policy.evaluate_unreadable(sql, &reason, &self.scope),
+                None => policy.evaluate(sql, &self.scope, self.lex_options(), &self.prepared),
             },
             Err(reason) => {
                 let lossy = String::from_utf8_lossy(raw);
-                self.policy.evaluate_unreadable(&lossy, reason, &self.scope)
+                policy.evaluate_unreadable(&lossy, reason, &self.scope)
             }
-        }
+        };
+        record_evaluation(&eval, started);
+        eval
     }
 
     /// Called with every Query, Parse, Sync, Close and FunctionCall frame
@@ -159,20 +168,27 @@ impl SessionSeams {
         match tag {
             frontend::QUERY => {
                 self.statements += 1;
-                let eval = self.evaluate_text(frame::query_text(body), body);
+                let policy = self.policy.load();
+                let eval = self.evaluate_text(&policy, frame::query_text(body), body);
                 let action = self.apply_verdict(&eval, query_frame);
                 if matches!(action, FrontendAction::Forward) {
-                    self.policy.observe_prepared(&eval, &mut self.prepared);
+                    policy.observe_prepared(&eval, &mut self.prepared);
                 }
                 self.sync_points_sent += 1;
                 action
             }
             frontend::PARSE => {
                 self.statements += 1;
+                let policy = self.policy.load();
                 let parsed = frame::parse_text(body);
                 let (name, eval) = match parsed {
-                    Ok((name, sql)) => (name.to_string(), self.evaluate_text(Ok(sql), body)),
-                    Err(reason) => (String::new(), self.evaluate_text(Err(reason), body)),
+                    Ok((name, sql)) => {
+                        (name.to_string(), self.evaluate_text(&policy, Ok(sql), body))
+                    }
+                    Err(reason) => (
+                        String::new(),
+                        self.evaluate_text(&policy, Err(reason), body),
+                    ),
                 };
                 let action = self.apply_verdict(&eval, |token| parse_frame(&name, token));
                 if matches!(action, FrontendAction::Forward) && !name.is_empty() {
@@ -187,7 +203,9 @@ impl SessionSeams {
                     .get(..4)
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
-                let eval = self.policy.evaluate_function_call(oid, &self.scope);
+                let started = Instant::now();
+                let eval = self.policy.load().evaluate_function_call(oid, &self.scope);
+                record_evaluation(&eval, started);
                 let action = self.apply_verdict(&eval, query_frame);
                 self.sync_points_sent += 1;
                 action
@@ -315,6 +333,36 @@ impl SessionSeams {
     }
 }
 
+/// Count one evaluation: verdict, class, rule hit, parse failures, time.
+fn record_evaluation(eval: &Evaluation, started: Instant) {
+    let m = metrics();
+    m.policy_evaluation_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let class = eval.statements.first().map_or("NONE", |s| s.class.as_str());
+    let verdict = match &eval.verdict {
+        Verdict::Allow => "allow",
+        Verdict::Monitored { rule_id, .. } => {
+            m.rule_hits.with_label_values(&[rule_id, "monitor"]).inc();
+            "monitored"
+        }
+        Verdict::Block(b) => {
+            m.rule_hits
+                .with_label_values(&[b.rule_id.as_str(), "block"])
+                .inc();
+            "block"
+        }
+    };
+    m.statements.with_label_values(&[verdict, class]).inc();
+    let unparsed = eval
+        .statements
+        .iter()
+        .filter(|s| s.unparsed.is_some())
+        .count();
+    if unparsed > 0 {
+        m.parse_failures.inc_by(unparsed as u64);
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -361,7 +409,8 @@ mod tests {
 
     fn seams() -> SessionSeams {
         let policy = Policy::from_config(&PolicyConfig::default()).unwrap();
-        SessionSeams::new(Arc::new(policy), SessionScope::default(), 1)
+        let source = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+        SessionSeams::new(source, SessionScope::default(), 1)
     }
 
     fn error_with(message: &str) -> Vec<u8> {

@@ -16,7 +16,8 @@ use super::handshake::{self, HandshakeError};
 use super::relay::{self, RelayEnd, RelayLimits, Traffic};
 use super::seams::SessionSeams;
 use super::stream::ClientStream;
-use super::{upstream, Shared};
+use super::{upstream, Live, Shared};
+use crate::admin::metrics::metrics;
 use crate::config::ClientTlsMode;
 use crate::policy::SessionScope;
 use crate::wire::errors::{sqlstate, PgError};
@@ -57,17 +58,30 @@ async fn run(
 ) {
     let opened = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + shared.config.timeouts.startup();
+    // This session's config snapshot; the policy itself is re-read per statement.
+    let live = shared.live.load_full();
+    let deadline = tokio::time::Instant::now() + live.config.timeouts.startup();
+    let m = metrics();
 
-    let negotiated = tokio::time::timeout_at(deadline, negotiate(&shared, tcp)).await;
+    let negotiated = tokio::time::timeout_at(deadline, negotiate(&shared, &live, tcp)).await;
     let (mut client, startup) = match negotiated {
         Ok(Ok(Negotiated::Session(c, s))) => (c, s),
         Ok(Ok(Negotiated::Done)) => return,
         Ok(Err(reason)) => {
+            let label = match &reason {
+                StartupError::Malformed("plaintext client refused") => "tls_required",
+                _ => "startup_error",
+            };
+            m.client_connections_rejected
+                .with_label_values(&[label])
+                .inc();
             info!(%reason, "connection closed during startup");
             return;
         }
         Err(_) => {
+            m.client_connections_rejected
+                .with_label_values(&["startup_timeout"])
+                .inc();
             info!("connection closed: startup timeout");
             return;
         }
@@ -81,9 +95,28 @@ async fn run(
         startup.param("application_name").unwrap_or(""),
     );
 
+    if *shared.phase.borrow() != super::Phase::Running {
+        m.client_connections_rejected
+            .with_label_values(&["shutting_down"])
+            .inc();
+        send_fatal(
+            &mut client,
+            PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            )
+            .with_detail("pgward is shutting down"),
+        )
+        .await;
+        return;
+    }
+
     if permit.is_none() {
+        m.client_connections_rejected
+            .with_label_values(&["too_many_clients"])
+            .inc();
         warn!(
-            limit = shared.config.limits.max_client_connections,
+            limit = live.config.limits.max_client_connections,
             "connection rejected: too many clients"
         );
         send_fatal(
@@ -98,11 +131,14 @@ async fn run(
         return;
     }
 
-    let connect = upstream::connect(&shared.target, shared.upstream_tls.as_ref());
-    let mut server = match tokio::time::timeout(shared.config.timeouts.connect(), connect).await {
+    let connect = upstream::connect(&live.target, live.upstream_tls.as_ref());
+    let mut server = match tokio::time::timeout(live.config.timeouts.connect(), connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            warn!(upstream = %shared.target, error = %e, "upstream connect failed");
+            m.upstream_connect_errors
+                .with_label_values(&["error"])
+                .inc();
+            warn!(upstream = %live.target, error = %e, "upstream connect failed");
             send_fatal(
                 &mut client,
                 PgError::fatal(
@@ -114,7 +150,10 @@ async fn run(
             return;
         }
         Err(_) => {
-            warn!(upstream = %shared.target, "upstream connect timed out");
+            m.upstream_connect_errors
+                .with_label_values(&["timeout"])
+                .inc();
+            warn!(upstream = %live.target, "upstream connect timed out");
             send_fatal(
                 &mut client,
                 PgError::fatal(
@@ -142,10 +181,14 @@ async fn run(
     let established = match established {
         Ok(Ok(e)) => e,
         Ok(Err(HandshakeError::ServerRejected(reason))) => {
+            m.auth_failures
+                .with_label_values(&["server_rejected"])
+                .inc();
             info!(%reason, "authentication failed or connection refused by server");
             return;
         }
         Ok(Err(e)) => {
+            m.auth_failures.with_label_values(&["closed"]).inc();
             info!(error = %e, "connection closed during authentication");
             if matches!(
                 e,
@@ -163,6 +206,7 @@ async fn run(
             return;
         }
         Err(_) => {
+            m.auth_failures.with_label_values(&["timeout"]).inc();
             info!("connection closed: authentication timeout");
             send_fatal(
                 &mut client,
@@ -189,9 +233,10 @@ async fn run(
     let seams = Mutex::new(seams);
     let traffic = Traffic::default();
     let limits = RelayLimits {
-        max_message_size: shared.config.limits.max_message_size,
-        idle_timeout: shared.config.timeouts.idle(),
+        max_message_size: live.config.limits.max_message_size,
+        idle_timeout: live.config.timeouts.idle(),
     };
+    drop(live);
     let end = relay::relay(
         client,
         server,
@@ -200,6 +245,7 @@ async fn run(
         &seams,
         limits,
         &traffic,
+        shared.phase.subscribe(),
     )
     .await;
 
@@ -213,6 +259,7 @@ async fn run(
         RelayEnd::ServerClosed => "server closed the connection".to_string(),
         RelayEnd::ClientProtocolViolation(r) => format!("client protocol violation: {r}"),
         RelayEnd::IdleTimeout => "idle timeout".to_string(),
+        RelayEnd::Shutdown => "pgward shutting down".to_string(),
         RelayEnd::ClientIo(e) => format!("client i/o error: {e}"),
         RelayEnd::ServerIo(e) => format!("server i/o error: {e}"),
     };
@@ -228,8 +275,12 @@ async fn run(
 }
 
 /// SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
-async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, StartupError> {
-    let max = shared.config.limits.max_startup_packet;
+async fn negotiate(
+    shared: &Shared,
+    live: &Live,
+    tcp: TcpStream,
+) -> Result<Negotiated, StartupError> {
+    let max = live.config.limits.max_startup_packet;
     let mut client = ClientStream::Plain(tcp);
     let mut ssl_seen = false;
     let mut gss_seen = false;
@@ -250,10 +301,11 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Startu
                 let ClientStream::Plain(mut tcp) = client else {
                     return Err(StartupError::Malformed("SSLRequest inside TLS"));
                 };
-                match &shared.acceptor {
+                match &live.acceptor {
                     Some(acceptor) => {
                         tcp.write_all(b"S").await?;
                         let tls = acceptor.accept(tcp).await.map_err(|e| {
+                            metrics().tls_handshake_failures.inc();
                             StartupError::Io(std::io::Error::new(
                                 e.kind(),
                                 format!("client TLS handshake failed: {e}"),
@@ -283,7 +335,7 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Startu
             StartupPacket::Cancel { process_id, secret } => {
                 if shared.cancel.contains(process_id, &secret) {
                     let request = startup::cancel_request(process_id, &secret);
-                    match upstream::connect_plain(&shared.target).await {
+                    match upstream::connect_plain(&live.target).await {
                         Ok(mut s) => {
                             let _ = s.write_all(&request).await;
                             let _ = s.shutdown().await;
@@ -300,7 +352,7 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Startu
                 return Ok(Negotiated::Done);
             }
             StartupPacket::Startup(message) => {
-                if shared.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
+                if live.config.client_tls.mode == ClientTlsMode::Require && !client.is_tls() {
                     send_fatal(
                         &mut client,
                         PgError::fatal(

@@ -1,0 +1,185 @@
+//! The process-wide Prometheus registry. Label sets are bounded: verdicts,
+//! audit classes, rule ids from the config, fixed reason strings — never SQL
+//! text, user names or addresses. `docs/metrics.md` documents every metric.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub client_connections: IntGauge,
+    pub client_connections_total: IntCounter,
+    pub client_connections_rejected: IntCounterVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub statements: IntCounterVec,
+    pub rule_hits: IntCounterVec,
+    pub parse_failures: IntCounter,
+    pub policy_evaluation_seconds: Histogram,
+    pub client_bytes_received: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_timestamp: IntGauge,
+    pub shutting_down: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let policy_evaluation_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgward_policy_evaluation_seconds",
+                "Time to classify and judge one Query or Parse message.",
+            )
+            .buckets(vec![
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                0.002_5, 0.005, 0.01, 0.05,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(policy_evaluation_seconds.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "pgward_build_info",
+                "Always 1; the labels name the running pgward build.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let m = Metrics {
+            client_connections: gauge(
+                &r,
+                "pgward_client_connections",
+                "Client connections currently open (any phase).",
+            ),
+            client_connections_total: counter(
+                &r,
+                "pgward_client_connections_total",
+                "Client connections accepted since start.",
+            ),
+            client_connections_rejected: counter_vec(
+                &r,
+                "pgward_client_connections_rejected_total",
+                "Client connections refused before the relay phase, by reason.",
+                &["reason"],
+            ),
+            upstream_connect_errors: counter_vec(
+                &r,
+                "pgward_upstream_connect_errors_total",
+                "Failed upstream connection attempts, by reason (error, timeout).",
+                &["reason"],
+            ),
+            statements: counter_vec(
+                &r,
+                "pgward_statements_total",
+                "Query and Parse messages judged, by verdict and audit class of the first statement.",
+                &["verdict", "class"],
+            ),
+            rule_hits: counter_vec(
+                &r,
+                "pgward_rule_hits_total",
+                "Verdicts decided by a rule, by rule id and action (block, monitor).",
+                &["rule", "action"],
+            ),
+            parse_failures: counter(
+                &r,
+                "pgward_parse_failures_total",
+                "Statements pgward could not classify (handled by the unparsed rule).",
+            ),
+            policy_evaluation_seconds,
+            client_bytes_received: counter(
+                &r,
+                "pgward_client_bytes_received_total",
+                "Bytes relayed from clients to the upstream server.",
+            ),
+            client_bytes_sent: counter(
+                &r,
+                "pgward_client_bytes_sent_total",
+                "Bytes relayed from the upstream server to clients.",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "pgward_auth_failures_total",
+                "Authentications that did not complete, by reason.",
+                &["reason"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "pgward_client_tls_handshake_failures_total",
+                "Client TLS handshakes that failed.",
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "pgward_config_reloads_total",
+                "Config reload attempts, by result (success, failure).",
+                &["result"],
+            ),
+            config_last_reload_successful: gauge(
+                &r,
+                "pgward_config_last_reload_successful",
+                "1 if the last config reload attempt succeeded (or none was tried), else 0.",
+            ),
+            config_last_reload_timestamp: gauge(
+                &r,
+                "pgward_config_last_reload_success_timestamp_seconds",
+                "Unix time the active config was loaded.",
+            ),
+            shutting_down: gauge(
+                &r,
+                "pgward_shutting_down",
+                "1 once a graceful shutdown has started.",
+            ),
+            build_info,
+            registry: r,
+        };
+        m.config_last_reload_successful.set(1);
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The metrics of this process.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

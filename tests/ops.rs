@@ -1,0 +1,450 @@
+//! Operations: config reload (signal-free API and file watch), the admin
+//! HTTP port, metrics exposition, graceful shutdown.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgward::admin::AdminServer;
+use pgward::proxy::{Proxy, RunningProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+
+use common::{SCRAM_PW, SCRAM_USER};
+
+async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out after {secs}s"))
+}
+
+/// A client and the task driving its connection (its result tells how it ended).
+async fn connect(
+    addr: SocketAddr,
+    db: &str,
+) -> (
+    Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let conn = format!(
+        "host={} port={} user={SCRAM_USER} password={SCRAM_PW} dbname={db}",
+        addr.ip(),
+        addr.port()
+    );
+    let (client, connection) = within(10, "connect", tokio_postgres::connect(&conn, NoTls))
+        .await
+        .expect("connect through pgward");
+    (client, tokio::spawn(connection))
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// A config file for the shared cluster; `extra` is appended verbatim.
+fn config_text(extra: &str) -> String {
+    let h = common::cluster();
+    format!(
+        "[listen]\naddresses = [\"127.0.0.1:0\"]\n\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\n\n[admin]\nlisten = \"\"\n\n{extra}",
+        h.pg.port
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+async fn proxy_from_file(path: &Path) -> RunningProxy {
+    Proxy::bind_file(path, |_| {})
+        .await
+        .expect("pgward binds")
+        .spawn()
+}
+
+async fn admin_for(proxy: &RunningProxy) -> SocketAddr {
+    let admin = AdminServer::bind("127.0.0.1:0", proxy.handle())
+        .await
+        .unwrap();
+    let addr = admin.local_addr().unwrap();
+    admin.spawn();
+    addr
+}
+
+/// One raw HTTP exchange: (status, body).
+async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = within(10, "http response", s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+fn metric_value(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn promtool() -> Option<PathBuf> {
+    ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_reload_applies_to_an_open_sessions_next_statement() {
+    let db = common::fresh_database("ops_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    write(&path, &config_text(""));
+    let proxy = proxy_from_file(&path).await;
+    let (client, _conn) = connect(proxy.addr(), &db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let e = client.batch_execute("TRUNCATE t").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+
+    // Exempt this user from the truncate rule: the open session sees it.
+    write(
+        &path,
+        &config_text(&format!(
+            "[policy.rules.truncate]\nexcept_users = [\"{SCRAM_USER}\"]\n"
+        )),
+    );
+    let before = proxy.handle().live().sha256.clone();
+    proxy.handle().reload().expect("valid config reloads");
+    assert_ne!(proxy.handle().live().sha256, before);
+    client.batch_execute("TRUNCATE t").await.unwrap();
+
+    // The file watch picks up a change without an explicit reload.
+    let watcher = tokio::spawn(proxy.handle().watch_file(Duration::from_millis(100)));
+    write(&path, &config_text(""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.batch_execute("TRUNCATE t").await {
+            Err(e) if sqlstate(&e) == "42501" => break,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(()) => {
+                assert!(Instant::now() < deadline, "file watch never reloaded");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    watcher.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_keeps_the_old_policy_and_stays_ready() {
+    let db = common::fresh_database("ops_bad_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    write(&path, &config_text(""));
+    let proxy = proxy_from_file(&path).await;
+    let admin = admin_for(&proxy).await;
+    let (client, _conn) = connect(proxy.addr(), &db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
+    let sha = proxy.handle().live().sha256.clone();
+
+    let failures = |m: &str| metric_value(m, "pgward_config_reloads_total{result=\"failure\"}");
+    let before = failures(&get(admin, "/metrics").await.1);
+
+    let cases = [
+        (
+            "syntax error",
+            config_text("[policy.rules.truncate]\nexcept_users = [\"x\"\n"),
+            "pgward.toml:",
+        ),
+        (
+            "unknown key",
+            config_text("[timeouts]\nshutdown_seconds = 3\n"),
+            "pgward.toml:12:1",
+        ),
+        (
+            "bad rule",
+            config_text("[[policy.custom]]\nid = \"x\"\naction = \"block\"\n"),
+            "matches nothing",
+        ),
+    ];
+    for (what, text, expect) in &cases {
+        write(&path, text);
+        let err = proxy.handle().reload().expect_err(what).to_string();
+        assert!(err.contains(expect), "{what}: {err}");
+        let e = client.batch_execute("TRUNCATE t").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{what}: old policy still blocks");
+        assert_eq!(proxy.handle().live().sha256, sha, "{what}");
+        let (status, body) = get(admin, "/readyz").await;
+        assert_eq!(status, 200, "{what}: {body}");
+    }
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(failures(&metrics) >= before + 3.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_http_errors() {
+    let db = common::fresh_database("ops_admin");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    write(&path, &config_text(""));
+    let proxy = proxy_from_file(&path).await;
+    let admin = admin_for(&proxy).await;
+    let (client, _conn) = connect(proxy.addr(), &db).await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    let _ = client.batch_execute("TRUNCATE pg_class").await;
+
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "pgward_statements_total{class=\"READ\",verdict=\"allow\"}",
+        "pgward_rule_hits_total{action=\"block\",rule=\"truncate\"}",
+        "pgward_client_connections ",
+        "pgward_build_info{version=",
+        "pgward_policy_evaluation_seconds_bucket",
+        "pgward_client_bytes_sent_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    if let Some(promtool) = promtool() {
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+    }
+
+    let (status, body) = get(admin, "/policy").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64, "{v}");
+    assert_eq!(v["config"]["timeouts"]["shutdown_secs"], 30, "{v}");
+    assert!(v["loaded_at_unix"].as_u64().unwrap() > 0);
+
+    assert_eq!(get(admin, "/nope").await.0, 404);
+    assert_eq!(
+        http_raw(admin, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .0,
+        405
+    );
+    assert_eq!(http_raw(admin, b"garbage\r\n\r\n").await.0, 400);
+    assert_eq!(http_raw(admin, b"GET /healthz\r\n\r\n").await.0, 400);
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(http_raw(admin, big.as_bytes()).await.0, 431);
+    let endless = format!("GET /healthz HTTP/1.1\r\nX-Big: {}", "a".repeat(20_000));
+    assert_eq!(http_raw(admin, endless.as_bytes()).await.0, 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_guards_metrics_and_policy_but_not_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write(&token, "s3cret\n");
+    let path = dir.path().join("pgward.toml");
+    write(
+        &path,
+        &config_text("").replace(
+            "[admin]\nlisten = \"\"\n",
+            &format!(
+                "[admin]\nlisten = \"\"\nbearer_token_file = \"{}\"\n",
+                token.display()
+            ),
+        ),
+    );
+    let proxy = proxy_from_file(&path).await;
+    let admin = admin_for(&proxy).await;
+    assert_eq!(get(admin, "/metrics").await.0, 401);
+    assert_eq!(get(admin, "/policy").await.0, 401);
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    let ok = http_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ok.0, 200);
+    let wrong = http_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n",
+    )
+    .await;
+    assert_eq!(wrong.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_when_the_upstream_is_down() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = common::proxy_config();
+    cfg.upstream.port = closed_port;
+    let proxy = common::start_proxy(cfg).await;
+    let admin = admin_for(&proxy).await;
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["reason"].as_str().unwrap().contains("unreachable"), "{v}");
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let Some(promtool) = promtool() else {
+        eprintln!("promtool not installed: skipping `promtool check rules`");
+        return;
+    };
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules", rules])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_transactions_finish_and_closes_idle_sessions() {
+    let db = common::fresh_database("ops_shutdown");
+    common::cluster()
+        .pg
+        .psql(&db, "CREATE TABLE t (id int); GRANT ALL ON t TO PUBLIC;")
+        .unwrap();
+    let proxy = common::start_proxy(common::proxy_config()).await;
+    let addr = proxy.addr();
+    let (idle1, idle1_conn) = connect(addr, &db).await;
+    let (idle2, idle2_conn) = connect(addr, &db).await;
+    let (busy, busy_conn) = connect(addr, &db).await;
+    idle1.batch_execute("SELECT 1").await.unwrap();
+    idle2
+        .batch_execute("BEGIN; SELECT 1; COMMIT")
+        .await
+        .unwrap();
+    busy.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let handle = proxy.handle();
+    let started = Instant::now();
+    let shutdown = tokio::spawn(async move { handle.shutdown(Duration::from_secs(20)).await });
+
+    // Idle sessions are closed with 57P01 right away.
+    for conn in [idle1_conn, idle2_conn] {
+        let end = within(5, "idle session closed", conn).await.unwrap();
+        let e = end.expect_err("idle session gets 57P01");
+        assert_eq!(sqlstate(&e), "57P01", "{e}");
+    }
+    assert!(idle1.is_closed() && idle2.is_closed());
+    // No new clients.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={SCRAM_USER} password={SCRAM_PW} dbname={db}",
+                addr.port()
+            ),
+            NoTls,
+        ),
+    )
+    .await
+    .expect("connect attempt finishes");
+    assert!(refused.is_err(), "a new client was accepted while draining");
+
+    // The open transaction may go on and commit, then it is closed too.
+    busy.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    busy.batch_execute("COMMIT").await.unwrap();
+    let end = within(5, "busy session closed", busy_conn).await.unwrap();
+    if let Err(e) = end {
+        assert_eq!(sqlstate(&e), "57P01", "{e}");
+    }
+    within(5, "shutdown completes", shutdown).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let rows = common::cluster()
+        .pg
+        .psql(&db, "SELECT count(*) FROM t")
+        .unwrap();
+    assert_eq!(rows.trim(), "2", "committed rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_expiry_terminates_open_transactions() {
+    let db = common::fresh_database("ops_shutdown_grace");
+    common::cluster()
+        .pg
+        .psql(&db, "CREATE TABLE t (id int); GRANT ALL ON t TO PUBLIC;")
+        .unwrap();
+    let proxy = common::start_proxy(common::proxy_config()).await;
+    let (busy, busy_conn) = connect(proxy.addr(), &db).await;
+    busy.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    within(15, "shutdown", proxy.shutdown(Duration::from_secs(1))).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let end = within(5, "session closed", busy_conn).await.unwrap();
+    let e = end.expect_err("57P01 after the grace period");
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+    // The uncommitted row is gone: the server rolled the transaction back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rows = common::cluster()
+        .pg
+        .psql(&db, "SELECT count(*) FROM t")
+        .unwrap();
+    assert_eq!(rows.trim(), "0", "rolled back");
+}
