@@ -68,6 +68,29 @@ pub fn cluster() -> &'static Harness {
     HARNESS.get_or_init(|| start().unwrap_or_else(|e| panic!("starting test cluster: {e}")))
 }
 
+/// Statics are never dropped, so each test binary's certificate directory
+/// outlives it: remove those whose owning process is gone.
+fn reap_cert_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pgward-certs-") else {
+            continue;
+        };
+        let owner_alive = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !owner_alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn start() -> Result<Harness, Box<dyn std::error::Error>> {
     PgCluster::reap_orphans(CLUSTERS_DIR.as_ref());
     std::fs::create_dir_all(CLUSTERS_DIR)?;
@@ -77,7 +100,10 @@ fn start() -> Result<Harness, Box<dyn std::error::Error>> {
         let _ = std::fs::set_permissions(CLUSTERS_DIR, std::fs::Permissions::from_mode(0o1777));
     }
 
-    let certs_dir = tempfile::Builder::new().prefix("pgward-certs-").tempdir()?;
+    reap_cert_dirs();
+    let certs_dir = tempfile::Builder::new()
+        .prefix(&format!("pgward-certs-{}-", std::process::id()))
+        .tempdir()?;
     let write = |name: &str, pem: String| -> std::io::Result<PathBuf> {
         let p = certs_dir.path().join(name);
         std::fs::write(&p, pem)?;
