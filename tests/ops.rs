@@ -448,3 +448,103 @@ async fn shutdown_grace_expiry_terminates_open_transactions() {
         .unwrap();
     assert_eq!(rows.trim(), "0", "rolled back");
 }
+
+#[test]
+fn deploy_configs_parse() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose = std::fs::read_to_string(format!("{root}/deploy/compose/pgward.toml")).unwrap();
+    pgward::config::Config::from_toml(&compose, "compose/pgward.toml").expect("compose config");
+    // The TOML embedded in the Kubernetes ConfigMap (indented by 4).
+    let cm = std::fs::read_to_string(format!("{root}/deploy/k8s/configmap.yaml")).unwrap();
+    let toml: String = cm
+        .split_once("pgward.toml: |\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let cfg = pgward::config::Config::from_toml(&toml, "configmap.yaml").expect("k8s config");
+    assert_eq!(cfg.admin.listen, "0.0.0.0:9187");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// The real binary: SIGHUP reloads (visible in /policy), SIGTERM drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
+    let db = common::fresh_database("ops_binary");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    let (port, admin_port) = (free_port(), free_port());
+    let text = |extra: &str| {
+        config_text(extra)
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace(
+                "[admin]\nlisten = \"\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""),
+            )
+    };
+    write(&path, &text(""));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline, "admin port never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sha = |body: String| -> String {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["sha256"].as_str().unwrap().to_string()
+    };
+    let first = sha(get(admin, "/policy").await.1);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (client, conn) = connect(addr, &db).await;
+    client
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
+
+    write(
+        &path,
+        &text(&format!(
+            "[policy.rules.truncate]\nexcept_users = [\"{SCRAM_USER}\"]\n"
+        )),
+    );
+    kill(child.id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sha(get(admin, "/policy").await.1) == first {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.batch_execute("TRUNCATE t").await.unwrap();
+
+    kill(child.id(), "TERM");
+    let end = within(10, "session closed", conn).await.unwrap();
+    let e = end.expect_err("idle session gets 57P01");
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
