@@ -188,7 +188,15 @@ async fn serve_until_signalled(proxy: Proxy, cfg: &Config) -> anyhow::Result<()>
         }
     };
     let _ = stop_tx.send(());
-    handle.shutdown(grace).await;
+    let drain = handle.shutdown(grace);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            _ = &mut drain => break,
+            _ = term.recv() => handle.close_now(),
+            _ = int.recv() => handle.close_now(),
+        }
+    }
     let _ = accept.await;
     watcher.abort();
     if let Some(admin) = admin {

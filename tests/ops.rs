@@ -188,6 +188,13 @@ async fn invalid_reload_keeps_the_old_policy_and_stays_ready() {
             "pgward.toml:12:1",
         ),
         (
+            "missing TLS material",
+            config_text(
+                "[client_tls]\nmode = \"allow\"\ncert_file = \"/nonexistent/pgward.pem\"\nkey_file = \"/nonexistent/pgward.key\"\n",
+            ),
+            "/nonexistent/pgward.pem",
+        ),
+        (
             "bad rule",
             config_text("[[policy.custom]]\nid = \"x\"\naction = \"block\"\n"),
             "matches nothing",
@@ -204,7 +211,7 @@ async fn invalid_reload_keeps_the_old_policy_and_stays_ready() {
         assert_eq!(status, 200, "{what}: {body}");
     }
     let metrics = get(admin, "/metrics").await.1;
-    assert!(failures(&metrics) >= before + 3.0, "{metrics}");
+    assert!(failures(&metrics) >= before + 4.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,4 +554,139 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Run pgbench with the test password; returns (success, stdout, stderr).
+async fn pgbench(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(common::pg_bin("pgbench"))
+        .args(args)
+        .env("PGPASSWORD", SCRAM_PW)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .kill_on_drop(true)
+        .output();
+    let out = within(180, "pgbench", out).await.expect("run pgbench");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pgbench_conn(port: u16, db: &str) -> String {
+    format!("host=127.0.0.1 port={port} user={SCRAM_USER} dbname={db}")
+}
+
+/// pgbench -i directly against the cluster (it TRUNCATEs, which pgward blocks).
+async fn pgbench_init(db: &str) {
+    let (ok, _, err) = pgbench(&[
+        "-i",
+        "-s",
+        "1",
+        &pgbench_conn(common::cluster().pg.port, db),
+    ])
+    .await;
+    assert!(ok, "pgbench -i: {err}");
+}
+
+/// TPC-B bookkeeping: every committed transaction moved the same delta in
+/// accounts, tellers, branches and history — a torn transaction breaks it.
+fn tpcb_consistent(db: &str) -> bool {
+    let out = common::cluster()
+        .pg
+        .psql(
+            db,
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta),0) FROM pgbench_history) \
+             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta),0) FROM pgbench_history) \
+             AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta),0) FROM pgbench_history)",
+        )
+        .unwrap();
+    out.trim() == "t"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_pgbench_load_drop_no_transaction() {
+    let db = common::fresh_database("ops_reload_load");
+    pgbench_init(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    let configs = [
+        config_text(""),
+        config_text("[policy.rules.truncate]\nexcept_users = [\"nobody\"]\n"),
+    ];
+    write(&path, &configs[0]);
+    let proxy = proxy_from_file(&path).await;
+    let handle = proxy.handle();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (stop, path) = (stop.clone(), path.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                write(&path, &configs[n % 2]);
+                handle.reload().expect("valid reload");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    let conn = pgbench_conn(proxy.addr().port(), &db);
+    let (ok, out, err) = pgbench(&[
+        "-n", "-M", "extended", "-c", "4", "-j", "2", "-t", "150", &conn,
+    ])
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = reloader.await.unwrap();
+    assert!(ok, "pgbench failed:\n{out}\n{err}");
+    assert!(
+        out.contains("number of transactions actually processed: 600/600"),
+        "{out}"
+    );
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    assert!(reloads >= 5, "only {reloads} reloads happened");
+    assert!(tpcb_consistent(&db));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_pgbench_load_ends_sessions_between_transactions() {
+    let db = common::fresh_database("ops_shutdown_load");
+    pgbench_init(&db).await;
+    let proxy = common::start_proxy(common::proxy_config()).await;
+    let conn = pgbench_conn(proxy.addr().port(), &db);
+    let bench = tokio::spawn(async move {
+        pgbench(&[
+            "-n", "-M", "simple", "-c", "4", "-j", "2", "-T", "60", &conn,
+        ])
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    within(30, "shutdown", proxy.shutdown(Duration::from_secs(20))).await;
+    // Busy sessions were closed at their next transaction boundary, not at
+    // the end of the grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, out, err) = within(30, "pgbench ends", bench).await.unwrap();
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("FATAL") || l.contains("ERROR"))
+        .filter(|l| !l.contains("terminating connection due to administrator command"))
+        .filter(|l| !l.contains("Run was aborted"))
+        // Command 4 of the TPC-B script is BEGIN: the client was closed
+        // between transactions (libpq words a FATAL that arrives with the
+        // close as "perhaps the backend died"; the FATAL line precedes it).
+        .filter(|l| !l.contains("aborted in command 4 "))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "unexpected errors: {problems:#?}\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("terminating connection due to administrator command"),
+        "{err}"
+    );
+    assert!(tpcb_consistent(&db), "a transaction was torn");
 }

@@ -356,7 +356,9 @@ impl ProxyHandle {
         let Some(path) = self.shared.live.load().source.clone() else {
             return;
         };
-        let mut last = Self::file_fingerprint(&path);
+        // Compared with the running config's hash on the first poll, so a
+        // change between load and the first poll is not missed.
+        let mut last = None;
         let mut phase = self.shared.phase.subscribe();
         loop {
             tokio::select! {
@@ -373,6 +375,14 @@ impl ProxyHandle {
                 info!(file = %path.display(), "config file changed; reloading");
                 let _ = self.reload();
             }
+        }
+    }
+
+    /// End the grace period now: every session is closed at its next frame
+    /// boundary (a second SIGTERM/SIGINT during a drain).
+    pub fn close_now(&self) {
+        if self.phase() != Phase::Running {
+            self.shared.phase.send_replace(Phase::Closing);
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
 
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
@@ -74,6 +74,10 @@ pub async fn relay(
     let (server_read, server_write) = tokio::io::split(server);
     let client_write: ClientWriter = AsyncMutex::new(client_write);
     let backend_mid_frame = AtomicBool::new(false);
+    // While draining, the backend side wakes the frontend side at each
+    // ReadyForQuery so a busy session is closed between transactions.
+    let ready_seen = Notify::new();
+    let backend_phase = shutdown.clone();
 
     let end = {
         let up = pump_frontend(
@@ -86,6 +90,7 @@ pub async fn relay(
             limits,
             traffic,
             shutdown,
+            &ready_seen,
         );
         let down = pump_backend(
             server_read,
@@ -94,6 +99,7 @@ pub async fn relay(
             seams,
             &backend_mid_frame,
             traffic,
+            (backend_phase, &ready_seen),
         );
         tokio::select! {
             end = up => end,
@@ -130,6 +136,7 @@ async fn pump_frontend(
     limits: RelayLimits,
     traffic: &Traffic,
     mut shutdown: tokio::sync::watch::Receiver<Phase>,
+    ready_seen: &Notify,
 ) -> RelayEnd {
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
@@ -248,6 +255,7 @@ async fn pump_frontend(
                         break reader.read_buf(&mut buf).await;
                     }
                 }
+                _ = ready_seen.notified(), if phase == Phase::Draining => {}
                 _ = sleep_until_opt(wake), if wake.is_some() => {
                     let Some(limit) = idle_limit else { continue };
                     let idle_for = lock(seams).idle_since().map(|t| t.elapsed());
@@ -325,11 +333,13 @@ async fn pump_backend(
     seams: &Mutex<SessionSeams>,
     backend_mid_frame: &AtomicBool,
     traffic: &Traffic,
+    (phase, ready_seen): (tokio::sync::watch::Receiver<Phase>, &Notify),
 ) -> RelayEnd {
     let mut passthrough = 0usize;
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
+        let mut saw_ready = false;
         let mut replaced: Vec<(usize, usize, bytes::Bytes)> = Vec::new();
         while pos < buf.len() {
             if passthrough > 0 {
@@ -356,6 +366,7 @@ async fn pump_backend(
                     break;
                 }
                 let body = &buf[pos + frame::Header::SIZE..pos + header.frame_len];
+                saw_ready |= header.tag == crate::wire::frame::backend::READY_FOR_QUERY;
                 match lock(seams).on_backend(header.tag, body) {
                     BackendAction::Forward => {}
                     BackendAction::Replace(bytes) => {
@@ -387,6 +398,9 @@ async fn pump_backend(
             }
             traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
             metrics().client_bytes_sent.inc_by(pos as u64);
+            if saw_ready && *phase.borrow() == Phase::Draining {
+                ready_seen.notify_one();
+            }
         }
         buf.advance(pos);
         ensure_read_space(&mut buf);
