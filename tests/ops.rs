@@ -690,3 +690,86 @@ async fn shutdown_under_pgbench_load_ends_sessions_between_transactions() {
     );
     assert!(tpcb_consistent(&db), "a transaction was torn");
 }
+
+/// A real Prometheus scrapes the admin port; its query API sees the
+/// statement counter move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_and_sees_statement_counters_move() {
+    let Some(bin) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("prometheus not installed: skipping the scrape test");
+        return;
+    };
+    let db = common::fresh_database("ops_prometheus");
+    let proxy = common::start_proxy(common::proxy_config()).await;
+    let admin = admin_for(&proxy).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    write(
+        &cfg,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pgward\n    static_configs:\n      - targets: [\"{admin}\"]\n"
+        ),
+    );
+    let prom_port = free_port();
+    let mut prom = tokio::process::Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let prom_addr: SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+    let query = |q: &'static str| async move {
+        let (status, body) = http_raw(
+            prom_addr,
+            format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+    };
+    // pgward_statements_total summed over labels; up to 30 s for the first scrape.
+    const Q: &str = "sum(pgward_statements_total)";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(prom_addr).await.is_ok() && query("up").await == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never scraped pgward");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // No series until the first statement of this process.
+    let before = query(Q).await.unwrap_or(0.0);
+    let (client, _conn) = connect(proxy.addr(), &db).await;
+    for _ in 0..10 {
+        client.batch_execute("SELECT 1").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = query(Q).await.unwrap_or(before);
+        if now >= before + 10.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter did not move in Prometheus: {before} -> {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = prom.kill().await;
+}
