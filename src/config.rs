@@ -236,10 +236,20 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        crate::policy::Policy::from_config(&config.policy).map_err(|e| ConfigError::Invalid {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        crate::policy::Policy::from_config(&config.policy).map_err(
+            |e| match policy_error_location(text, &e) {
+                Some((line, column)) => ConfigError::Parse {
+                    path: path.to_string(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                },
+                None => ConfigError::Invalid {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                },
+            },
+        )?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),
             message,
@@ -306,6 +316,37 @@ impl Config {
     }
 }
 
+/// Where in the file a policy error points: the quoted value it names
+/// (`id = "…"` first for rule ids; the last occurrence for duplicates).
+fn policy_error_location(text: &str, e: &crate::policy::PolicyError) -> Option<(usize, usize)> {
+    use crate::policy::PolicyError as E;
+    let (needle, is_id) = match e {
+        E::InvalidCidr { value, .. } => (value.as_str(), false),
+        E::UnknownKind { kind, .. } => (kind.as_str(), false),
+        E::UnknownFunction(f) => (f.as_str(), false),
+        E::DuplicateRuleId(id) | E::BadRuleId(id) | E::EmptyCustomRule(id) => (id.as_str(), true),
+        _ => return None,
+    };
+    let quoted = format!("\"{needle}\"");
+    let last = matches!(e, E::DuplicateRuleId(_));
+    let find = |pat: &str| {
+        if last {
+            text.rfind(pat)
+        } else {
+            text.find(pat)
+        }
+    };
+    let at = if is_id {
+        ["id = ", "id="]
+            .iter()
+            .find_map(|prefix| find(&format!("{prefix}{quoted}")).map(|i| i + prefix.len()))
+            .or_else(|| find(&quoted))
+    } else {
+        find(&quoted)
+    }?;
+    Some(line_column(text, at))
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -350,6 +391,18 @@ mod tests {
         let c = Config::from_toml("", "t.toml").unwrap();
         assert_eq!(c.limits.max_startup_packet, 10_000);
         assert_eq!(c.timeouts.startup_secs, 30);
+    }
+
+    #[test]
+    fn policy_errors_point_at_the_offending_value() {
+        let text = "[policy]\nmode = \"enforce\"\n\n[[policy.custom]]\nid = \"empty\"\naction = \"block\"\n";
+        match Config::from_toml(text, "p.toml").unwrap_err() {
+            ConfigError::Parse { line, column, .. } => assert_eq!((line, column), (5, 6)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let text = "[[policy.custom]]\nid = \"k\"\naction = \"block\"\nkinds = [\"select\", \"frobnicate\"]\n";
+        let e = Config::from_toml(text, "p.toml").unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:4:20: "), "{e}");
     }
 
     #[test]

@@ -197,7 +197,7 @@ async fn invalid_reload_keeps_the_old_policy_and_stays_ready() {
         (
             "bad rule",
             config_text("[[policy.custom]]\nid = \"x\"\naction = \"block\"\n"),
-            "matches nothing",
+            "pgward.toml:12:6: custom rule \"x\" matches nothing",
         ),
     ];
     for (what, text, expect) in &cases {
