@@ -202,21 +202,26 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin HTTP port (/metrics, /healthz, /readyz,
-    /// /policy); empty = no admin port.
-    pub listen: String,
+    /// /policy); `""` = no admin port. Unset: [`DEFAULT_ADMIN_LISTEN`],
+    /// best effort (a busy port is logged, not fatal); set: must bind.
+    pub listen: Option<String>,
     /// File holding a bearer token required for /metrics and /policy.
     pub bearer_token_file: Option<PathBuf>,
 }
 
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9187".to_string(),
-            bearer_token_file: None,
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
+
+impl AdminConfig {
+    /// The address to serve on and whether failing to bind it is fatal.
+    pub fn listen_addr(&self) -> Option<(&str, bool)> {
+        match self.listen.as_deref() {
+            None => Some((DEFAULT_ADMIN_LISTEN, false)),
+            Some("") => None,
+            Some(a) => Some((a, true)),
         }
     }
 }
@@ -292,13 +297,10 @@ impl Config {
         if t.cert_file.is_some() != t.key_file.is_some() {
             return Err("upstream.tls.cert_file and key_file must be set together".into());
         }
-        if !self.admin.listen.is_empty() {
-            self.admin.listen.parse::<SocketAddr>().map_err(|e| {
-                format!(
-                    "admin.listen: {:?} is not an address:port ({e})",
-                    self.admin.listen
-                )
-            })?;
+        if let Some((listen, _)) = self.admin.listen_addr() {
+            listen
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("admin.listen: {listen:?} is not an address:port ({e})"))?;
         }
         if self.limits.max_client_connections == 0 {
             return Err("limits.max_client_connections must be at least 1".into());

@@ -36,6 +36,9 @@ enum Command {
         /// Upstream unix socket directory, overriding upstream.socket_dir.
         #[arg(long)]
         upstream_socket: Option<PathBuf>,
+        /// Admin HTTP address, overriding admin.listen ("" = none).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Validate a config file; exit 1 with line and column on error.
     Check { file: PathBuf },
@@ -76,11 +79,12 @@ fn main() -> ExitCode {
             listen,
             upstream,
             upstream_socket,
+            admin_listen,
         } => upstream
             .as_deref()
             .map(parse_upstream)
             .transpose()
-            .and_then(|upstream| run(config, listen, upstream, upstream_socket)),
+            .and_then(|upstream| run(config, listen, upstream, upstream_socket, admin_listen)),
         Command::Check { file } => return check(&file),
         Command::Demo { config, port } => pgward_demo(config, port),
         Command::Explain {
@@ -113,8 +117,12 @@ fn run(
     listen: Option<String>,
     upstream: Option<(String, u16)>,
     upstream_socket: Option<PathBuf>,
+    admin_listen: Option<String>,
 ) -> anyhow::Result<()> {
     let overrides = move |cfg: &mut Config| {
+        if let Some(admin) = &admin_listen {
+            cfg.admin.listen = Some(admin.clone());
+        }
         if let Some(listen) = &listen {
             cfg.listen.addresses = vec![listen.clone()];
         }
@@ -157,13 +165,24 @@ fn parse_upstream(up: &str) -> anyhow::Result<(String, u16)> {
 async fn serve_until_signalled(proxy: Proxy, cfg: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let handle = proxy.handle();
-    let admin = if cfg.admin.listen.is_empty() {
-        None
-    } else {
-        let server = pgward::admin::AdminServer::bind(&cfg.admin.listen, handle.clone())
-            .await
-            .with_context(|| format!("admin.listen {}", cfg.admin.listen))?;
-        Some(server.spawn())
+    let admin = match cfg.admin.listen_addr() {
+        None => None,
+        Some((listen, required)) => {
+            match pgward::admin::AdminServer::bind(listen, handle.clone()).await {
+                Ok(server) => Some(server.spawn()),
+                Err(e) if !required => {
+                    tracing::warn!(
+                        listen,
+                        error = %e,
+                        "admin port not available; running without it (set admin.listen to require it)"
+                    );
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("admin.listen {listen}")))
+                }
+            }
+        }
     };
     let watcher = tokio::spawn(handle.clone().watch_file(std::time::Duration::from_secs(2)));
     let mut hup = signal(SignalKind::hangup())?;

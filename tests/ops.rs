@@ -471,7 +471,7 @@ fn deploy_configs_parse() {
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
     let cfg = pgward::config::Config::from_toml(&toml, "configmap.yaml").expect("k8s config");
-    assert_eq!(cfg.admin.listen, "0.0.0.0:9187");
+    assert_eq!(cfg.admin.listen.as_deref(), Some("0.0.0.0:9187"));
 }
 
 fn free_port() -> u16 {
@@ -772,4 +772,26 @@ async fn prometheus_scrapes_and_sees_statement_counters_move() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let _ = prom.kill().await;
+}
+
+/// An admin address that was asked for must bind; `pgward run` fails otherwise.
+#[test]
+fn explicit_admin_listen_that_cannot_bind_is_fatal() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .arg("--admin-listen")
+        .arg(busy_addr.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("admin.listen {busy_addr}")), "{err}");
 }
