@@ -9,6 +9,13 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// `verdict` label values of `pgward_statements_total`.
+pub const VERDICTS: [&str; 3] = ["allow", "monitored", "block"];
+/// `class` label values (pgAudit classes; NONE for an empty message).
+pub const CLASSES: [&str; 8] = [
+    "READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET", "NONE",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub client_connections: IntGauge,
@@ -16,6 +23,9 @@ pub struct Metrics {
     pub client_connections_rejected: IntCounterVec,
     pub upstream_connect_errors: IntCounterVec,
     pub statements: IntCounterVec,
+    /// Every (verdict, class) child of `statements`, resolved once: the
+    /// per-statement path does no label hashing.
+    statement_children: Vec<IntCounter>,
     pub rule_hits: IntCounterVec,
     pub parse_failures: IntCounter,
     pub policy_evaluation_seconds: Histogram,
@@ -117,6 +127,7 @@ impl Metrics {
                 "pgward_parse_failures_total",
                 "Statements pgward could not classify (handled by the unparsed rule).",
             ),
+            statement_children: Vec::new(),
             policy_evaluation_seconds,
             client_bytes_received: counter(
                 &r,
@@ -163,11 +174,27 @@ impl Metrics {
             build_info,
             registry: r,
         };
+        let mut m = m;
+        m.statement_children = VERDICTS
+            .iter()
+            .flat_map(|v| CLASSES.iter().map(move |c| (*v, *c)))
+            .map(|(v, c)| m.statements.with_label_values(&[v, c]))
+            .collect();
         m.config_last_reload_successful.set(1);
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// The `pgward_statements_total` child for a verdict index (into
+    /// [`VERDICTS`]) and an audit class name.
+    pub fn statement(&self, verdict: usize, class: &str) -> &IntCounter {
+        let c = CLASSES
+            .iter()
+            .position(|x| *x == class)
+            .unwrap_or(CLASSES.len() - 1);
+        &self.statement_children[verdict.min(VERDICTS.len() - 1) * CLASSES.len() + c]
     }
 
     /// Prometheus text exposition format.

@@ -340,19 +340,19 @@ fn record_evaluation(eval: &Evaluation, started: Instant) {
         .observe(started.elapsed().as_secs_f64());
     let class = eval.statements.first().map_or("NONE", |s| s.class.as_str());
     let verdict = match &eval.verdict {
-        Verdict::Allow => "allow",
+        Verdict::Allow => 0,
         Verdict::Monitored { rule_id, .. } => {
             m.rule_hits.with_label_values(&[rule_id, "monitor"]).inc();
-            "monitored"
+            1
         }
         Verdict::Block(b) => {
             m.rule_hits
                 .with_label_values(&[b.rule_id.as_str(), "block"])
                 .inc();
-            "block"
+            2
         }
     };
-    m.statements.with_label_values(&[verdict, class]).inc();
+    m.statement(verdict, class).inc();
     let unparsed = eval
         .statements
         .iter()
