@@ -795,3 +795,34 @@ fn explicit_admin_listen_that_cannot_bind_is_fatal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("admin.listen {busy_addr}")), "{err}");
 }
+
+/// When the grace period ends while rows are streaming, the 57P01 still
+/// arrives whole, between two backend messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_expiry_during_a_streaming_result_sends_57p01_between_frames() {
+    let db = common::fresh_database("ops_shutdown_stream");
+    let proxy = common::start_proxy(common::proxy_config()).await;
+    let (client, conn) = connect(proxy.addr(), &db).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let streaming = tokio::spawn(async move {
+        loop {
+            let r = client
+                .simple_query("SELECT repeat('x', 100000) FROM generate_series(1, 2000)")
+                .await;
+            if let Err(e) = r {
+                return e;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    within(15, "shutdown", proxy.shutdown(Duration::from_millis(200))).await;
+    let e = within(10, "query fails", streaming).await.unwrap();
+    let end = within(5, "connection ends", conn).await.unwrap();
+    let code = end
+        .as_ref()
+        .err()
+        .map(sqlstate)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| sqlstate(&e));
+    assert_eq!(code, "57P01", "query error: {e}; connection: {end:?}");
+}

@@ -78,6 +78,10 @@ pub async fn relay(
     // ReadyForQuery so a busy session is closed between transactions.
     let ready_seen = Notify::new();
     let backend_phase = shutdown.clone();
+    // Set by the frontend side when it closes the session while the backend
+    // side is inside a frame: the backend side then cuts at the next frame
+    // boundary and sends the 57P01 itself.
+    let cut_at_boundary = AtomicBool::new(false);
 
     let end = {
         let up = pump_frontend(
@@ -90,7 +94,7 @@ pub async fn relay(
             limits,
             traffic,
             shutdown,
-            &ready_seen,
+            (&ready_seen, &cut_at_boundary),
         );
         let down = pump_backend(
             server_read,
@@ -99,7 +103,7 @@ pub async fn relay(
             seams,
             &backend_mid_frame,
             traffic,
-            (backend_phase, &ready_seen),
+            (backend_phase, &ready_seen, &cut_at_boundary),
         );
         tokio::select! {
             end = up => end,
@@ -136,7 +140,7 @@ async fn pump_frontend(
     limits: RelayLimits,
     traffic: &Traffic,
     mut shutdown: tokio::sync::watch::Receiver<Phase>,
-    ready_seen: &Notify,
+    (ready_seen, cut_at_boundary): (&Notify, &AtomicBool),
 ) -> RelayEnd {
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
@@ -228,6 +232,7 @@ async fn pump_frontend(
                         &mut writer,
                         client_write,
                         backend_mid_frame,
+                        cut_at_boundary,
                         at_boundary,
                     )
                     .await;
@@ -288,28 +293,43 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+fn admin_shutdown_error() -> Vec<u8> {
+    PgError::fatal(
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    )
+    .with_detail("pgward is shutting down")
+    .to_bytes()
+    .to_vec()
+}
+
 /// End a session for a shutdown: Terminate upstream (when between frames
-/// there), then 57P01 to the client (only between frames toward it).
+/// there), then 57P01 to the client — only between backend frames: if a
+/// frame is streaming, the backend side cuts at its end and sends it.
 async fn close_for_shutdown(
     writer: &mut WriteHalf<UpstreamStream>,
     client_write: &ClientWriter,
     backend_mid_frame: &AtomicBool,
+    cut_at_boundary: &AtomicBool,
     upstream_at_boundary: bool,
 ) -> RelayEnd {
     if upstream_at_boundary {
         let _ = writer.write_all(b"X\0\0\0\x04").await;
         let _ = writer.flush().await;
     }
-    let mut w = client_write.lock().await;
-    if !backend_mid_frame.load(Ordering::Acquire) {
-        let err = PgError::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection due to administrator command",
-        )
-        .with_detail("pgward is shutting down");
-        let _ = w.write_all(&err.to_bytes()).await;
-        let _ = w.flush().await;
+    {
+        let mut w = client_write.lock().await;
+        if !backend_mid_frame.load(Ordering::Acquire) {
+            let _ = w.write_all(&admin_shutdown_error()).await;
+            let _ = w.flush().await;
+            return RelayEnd::Shutdown;
+        }
+        cut_at_boundary.store(true, Ordering::Release);
     }
+    // The relay ends when the backend side has cut; this is the backstop
+    // for a server that stops sending in the middle of a frame.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tracing::warn!("closing mid-frame: no frame boundary toward the client within 5 s");
     RelayEnd::Shutdown
 }
 
@@ -333,7 +353,11 @@ async fn pump_backend(
     seams: &Mutex<SessionSeams>,
     backend_mid_frame: &AtomicBool,
     traffic: &Traffic,
-    (phase, ready_seen): (tokio::sync::watch::Receiver<Phase>, &Notify),
+    (phase, ready_seen, cut_at_boundary): (
+        tokio::sync::watch::Receiver<Phase>,
+        &Notify,
+        &AtomicBool,
+    ),
 ) -> RelayEnd {
     let mut passthrough = 0usize;
     loop {
@@ -347,6 +371,9 @@ async fn pump_backend(
                 pos += n;
                 passthrough -= n;
                 continue;
+            }
+            if cut_at_boundary.load(Ordering::Acquire) {
+                break;
             }
             // The server is trusted to frame correctly; only the i32 range is checked.
             let header = match frame::parse_header(&buf[pos..], i32::MAX as usize) {
@@ -401,6 +428,12 @@ async fn pump_backend(
             if saw_ready && *phase.borrow() == Phase::Draining {
                 ready_seen.notify_one();
             }
+        }
+        if passthrough == 0 && cut_at_boundary.load(Ordering::Acquire) {
+            let mut w = client_write.lock().await;
+            let _ = w.write_all(&admin_shutdown_error()).await;
+            let _ = w.flush().await;
+            return RelayEnd::Shutdown;
         }
         buf.advance(pos);
         ensure_read_space(&mut buf);
