@@ -238,6 +238,8 @@ async fn admin_endpoints_and_http_errors() {
         "pgward_build_info{version=",
         "pgward_policy_evaluation_seconds_bucket",
         "pgward_client_bytes_sent_total",
+        "pgward_query_duration_seconds_count",
+        "pgward_upstream_connections ",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rule_hits: IntCounterVec,
     pub parse_failures: IntCounter,
     pub policy_evaluation_seconds: Histogram,
+    pub query_duration_seconds: Histogram,
+    pub upstream_connections: IntGauge,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub auth_failures: IntCounterVec,
@@ -73,6 +75,19 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(policy_evaluation_seconds.clone()))
+            .expect("unique metric");
+        let query_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgward_query_duration_seconds",
+                "From a Query/FunctionCall (or the first message before a Sync) to its ReadyForQuery, as seen by pgward.",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(query_duration_seconds.clone()))
             .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -129,6 +144,12 @@ impl Metrics {
             ),
             statement_children: Vec::new(),
             policy_evaluation_seconds,
+            query_duration_seconds,
+            upstream_connections: gauge(
+                &r,
+                "pgward_upstream_connections",
+                "Upstream server connections open now.",
+            ),
             client_bytes_received: counter(
                 &r,
                 "pgward_client_bytes_received_total",

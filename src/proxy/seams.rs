@@ -86,6 +86,10 @@ pub struct SessionSeams {
     idle_since: Option<Instant>,
     session_id: u64,
     block_counter: u64,
+    /// When the first message of the current (not yet synced) group arrived.
+    group_started: Option<Instant>,
+    /// Start times of groups sent upstream, awaiting their ReadyForQuery.
+    in_flight: VecDeque<Instant>,
 }
 
 impl SessionSeams {
@@ -106,6 +110,8 @@ impl SessionSeams {
             idle_since: None,
             session_id,
             block_counter: 0,
+            group_started: None,
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -113,6 +119,8 @@ impl SessionSeams {
     pub fn startup_complete(&mut self) {
         self.ready_received = 0;
         self.sync_points_sent = 0;
+        self.group_started = None;
+        self.in_flight.clear();
         self.idle_since = Some(Instant::now());
     }
 
@@ -165,6 +173,16 @@ impl SessionSeams {
     /// Called with every Query, Parse, Sync, Close and FunctionCall frame
     /// before it is forwarded.
     pub fn on_frontend(&mut self, tag: u8, body: &[u8]) -> FrontendAction {
+        let now = Instant::now();
+        let started = *self.group_started.get_or_insert(now);
+        if matches!(
+            tag,
+            frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC
+        ) {
+            // This message ends a group: one ReadyForQuery will answer it.
+            self.group_started = None;
+            self.in_flight.push_back(started);
+        }
         match tag {
             frontend::QUERY => {
                 self.statements += 1;
@@ -267,6 +285,11 @@ impl SessionSeams {
                 }
                 self.ready_received += 1;
                 self.idle_since = Some(Instant::now());
+                if let Some(started) = self.in_flight.pop_front() {
+                    metrics()
+                        .query_duration_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 let settled = self.ready_received;
                 // A substitute skipped by the server (an earlier error in the
                 // same pipeline) never errors; forget it at its ReadyForQuery.

@@ -166,6 +166,8 @@ async fn run(
         }
     };
 
+    m.upstream_connections.inc();
+    let _upstream_open = UpstreamGauge;
     let scope = SessionScope {
         user: startup.user().to_string(),
         database: startup.database().to_string(),
@@ -373,4 +375,13 @@ async fn send_fatal(client: &mut ClientStream, error: PgError) {
     let _ = client.write_all(&error.to_bytes()).await;
     let _ = client.flush().await;
     let _ = client.shutdown().await;
+}
+
+/// Decrements `pgward_upstream_connections` when the session ends.
+struct UpstreamGauge;
+
+impl Drop for UpstreamGauge {
+    fn drop(&mut self) {
+        metrics().upstream_connections.dec();
+    }
 }
