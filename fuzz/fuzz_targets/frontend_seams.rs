@@ -9,7 +9,8 @@ use pgward::policy::{Policy, PolicyConfig, SessionScope};
 use pgward::proxy::seams::SessionSeams;
 
 fuzz_target!(|data: &[u8]| {
-    let policy = Arc::new(Policy::from_config(&PolicyConfig::default()).expect("policy"));
+    let policy = Policy::from_config(&PolicyConfig::default()).expect("policy");
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
     let mut seams = SessionSeams::new(policy, SessionScope::default(), 1);
     seams.startup_complete();
     for chunk in data.split(|&b| b == 0xff) {
