@@ -12,7 +12,7 @@
 #   IDLE_AUTH_N [1000] authenticated idle clients;  IDLE_RAW_N [10000] pre-startup idle sockets
 #   MAX_LOAD [1.5] / LOAD_WAIT_SECS [600]  wait (polling every 30 s) for the 1-min load average
 #                      to drop below MAX_LOAD before measuring; LOAD_WAIT_SECS=0 skips
-#   BASE_PORT [45400]  ports BASE+32 .. BASE+36 are used
+#   BASE_PORT [25400]  ports BASE+32 .. BASE+37 are used
 #   PGWARD_BIN         use this binary instead of `cargo build --release`
 #   KEEP_TMP=1         keep the temp dir (logs, configs) after the run
 set -euo pipefail
@@ -27,12 +27,12 @@ IDLE_AUTH_N=${IDLE_AUTH_N:-1000}
 IDLE_RAW_N=${IDLE_RAW_N:-10000}
 MAX_LOAD=${MAX_LOAD:-1.5}
 LOAD_WAIT_SECS=${LOAD_WAIT_SECS:-600}
-BASE=${BASE_PORT:-45400}
+BASE=${BASE_PORT:-25400}   # below the ephemeral range (32768+), so churned client sockets cannot squat our ports
 PGPORT=$((BASE + 32))   # Postgres
 PGBPORT=$((BASE + 33))  # PgBouncer
 PWA=$((BASE + 34))      # pgward, built-in defaults (policy on)
 PWB=$((BASE + 35))      # pgward, policy allow-all
-PWI=$((BASE + 36))      # pgward, idle-memory config
+PWI=$((BASE + 36))      # pgward, idle-memory config (and BASE+37 for the second one)
 
 say() { echo "# $*"; }
 die() { echo "bench: $*" >&2; exit 1; }
@@ -87,6 +87,7 @@ DIR=$(mktemp -d /tmp/pgward-bench.XXXXXX)
 chown postgres: "$DIR"; chmod 755 "$DIR"
 PIDS=()
 cleanup() {
+  local rc=$?
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
@@ -94,7 +95,7 @@ cleanup() {
   if [[ -f $DIR/data/postmaster.pid ]]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1
   fi
-  if [[ "${KEEP_TMP:-0}" == 1 ]]; then echo "# kept $DIR" >&2; else rm -rf "$DIR"; fi
+  if [[ "${KEEP_TMP:-0}" == 1 || $rc != 0 ]]; then echo "# kept $DIR" >&2; else rm -rf "$DIR"; fi
 }
 trap cleanup EXIT
 
@@ -311,20 +312,21 @@ idle_measure() {
     "$(echo "scale=1; ($after - $before) / $n" | bc -l)" >>"$IDLERES"
   say "idle $label: n=$n rss ${before} -> ${after} KiB, +$((fds - fds0)) fds"
 }
-start_idle_pgward() {
-  "$PGWARD" run --config "$DIR/idle.toml" --listen "127.0.0.1:$PWI" --upstream "127.0.0.1:$PGPORT" >>"$DIR/pgward-idle.log" 2>&1 &
+start_idle_pgward() { # port
+  IDLE_PORT=$1
+  "$PGWARD" run --config "$DIR/idle.toml" --listen "127.0.0.1:$IDLE_PORT" --upstream "127.0.0.1:$PGPORT" >>"$DIR/pgward-idle.log" 2>&1 &
   IDLE_PID=$!
   PIDS+=("$IDLE_PID")
-  wait_sql "$PWI"
+  wait_sql "$IDLE_PORT"
 }
 stop_idle_pgward() { kill "$IDLE_PID"; wait "$IDLE_PID" 2>/dev/null || true; }
 
 say "idle memory: $IDLE_AUTH_N authenticated clients, $IDLE_RAW_N pre-startup sockets"
-start_idle_pgward
+start_idle_pgward "$PWI"
 idle_measure "pgward authenticated (startup done, 1 backend each)" "$IDLE_PID" "$PWI" "$IDLE_AUTH_N"
 stop_idle_pgward
-start_idle_pgward
-idle_measure "pgward pre-startup (TCP only, no startup packet)" "$IDLE_PID" "$PWI" "$IDLE_RAW_N" --no-startup
+start_idle_pgward $((PWI + 1))
+idle_measure "pgward pre-startup (TCP only, no startup packet)" "$IDLE_PID" $((PWI + 1)) "$IDLE_RAW_N" --no-startup
 stop_idle_pgward
 idle_measure "pgbouncer authenticated (reference)" "$(cat "$DIR/pgbouncer.pid")" "$PGBPORT" "$IDLE_AUTH_N"
 
