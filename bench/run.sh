@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pgward benchmark: direct Postgres vs PgBouncer (session mode) vs pgward
-# (default policy) vs pgward (policy allow-all). See bench/README.md.
+# (default policy) vs pgward (policy off). See bench/README.md.
 #
 #   DURATION=10 bash bench/run.sh
 #
@@ -31,7 +31,7 @@ BASE=${BASE_PORT:-25400}   # below the ephemeral range (32768+), so churned clie
 PGPORT=$((BASE + 32))   # Postgres
 PGBPORT=$((BASE + 33))  # PgBouncer
 PWA=$((BASE + 34))      # pgward, built-in defaults (policy on)
-PWB=$((BASE + 35))      # pgward, policy allow-all
+PWB=$((BASE + 35))      # pgward, policy off
 PWI=$((BASE + 36))      # pgward, idle-memory config (and BASE+37 for the second one)
 
 say() { echo "# $*"; }
@@ -146,24 +146,10 @@ runuser -u postgres -- "$PGBOUNCER" -d "$DIR/pgbouncer.ini"
 wait_sql "$PGBPORT"
 
 # ---------------------------------------------------------------- 4. pgward x2
-cat >"$DIR/allowall.toml" <<'EOF'
-# policy allow-all: every built-in rule allowed; statements are still parsed.
-[policy.rules.truncate]
-action = "allow"
-[policy.rules.delete_without_where]
-action = "allow"
-[policy.rules.update_without_where]
-action = "allow"
-[policy.rules.tautological_where]
-action = "allow"
-[policy.rules.drop]
-action = "allow"
-[policy.rules.unparsed]
-action = "allow"
-[policy.rules.function_call]
-action = "allow"
-[policy.rules.dynamic_sql]
-action = "allow"
+cat >"$DIR/off.toml" <<'EOF'
+# policy off: no statement is parsed or judged; pgward is a plain relay.
+[policy]
+mode = "off"
 EOF
 cat >"$DIR/idle.toml" <<EOF
 [limits]
@@ -171,23 +157,23 @@ max_client_connections = $((IDLE_RAW_N + IDLE_AUTH_N + 100))
 [timeouts]
 startup_secs = 300
 EOF
-"$PGWARD" check "$DIR/allowall.toml" >/dev/null
+"$PGWARD" check "$DIR/off.toml" >/dev/null
 "$PGWARD" check "$DIR/idle.toml" >/dev/null
 
 # pgward A: no config file = built-in defaults (policy on).
 "$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 &
 PIDS+=($!)
-"$PGWARD" run --config "$DIR/allowall.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-allowall.log" 2>&1 &
+"$PGWARD" run --config "$DIR/off.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-off.log" 2>&1 &
 PIDS+=($!)
 wait_sql "$PWA"
 wait_sql "$PWB"
-# sanity: the default policy really is on, allow-all really is off
+# sanity: the default policy really is on, policy-off really is off
 if "$PSQL" -X -q -h 127.0.0.1 -p "$PWA" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then
   die "default pgward did not block an unqualified DELETE"
 fi
 grep -q 'blocked' "$DIR/chk" || die "default pgward: unexpected error: $(cat "$DIR/chk")"
 if "$PSQL" -X -q -h 127.0.0.1 -p "$PWB" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then :; fi
-grep -q 'does not exist' "$DIR/chk" || die "allow-all pgward: expected 'does not exist', got: $(cat "$DIR/chk")"
+grep -q 'does not exist' "$DIR/chk" || die "policy-off pgward: expected 'does not exist', got: $(cat "$DIR/chk")"
 
 # ---------------------------------------------------------------- 5. pgbench -i (directly)
 say "pgbench -i -s $SCALE (direct to Postgres)"
@@ -197,11 +183,11 @@ say "versions: $("$PGBIN/postgres" --version | head -1); $("$PGBOUNCER" --versio
 say "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); pgbench, Postgres and the proxies share them"
 
 # ---------------------------------------------------------------- 6. pgbench workloads
-TARGETS=(direct pgbouncer pgward pgward-allowall)
+TARGETS=(direct pgbouncer pgward pgward-off)
 port_of() {
   case $1 in
     direct) echo "$PGPORT" ;; pgbouncer) echo "$PGBPORT" ;;
-    pgward) echo "$PWA" ;; pgward-allowall) echo "$PWB" ;;
+    pgward) echo "$PWA" ;; pgward-off) echo "$PWB" ;;
   esac
 }
 WORKLOADS=(
@@ -344,7 +330,7 @@ awk -F'\t' '
     for (i = 1; i <= no; i++) { k = order[i]; split(k, p, SUBSEP); wl[p[1]] = 1 }
     nw = 0
     for (i = 1; i <= no; i++) { split(order[i], p, SUBSEP); if (!(p[1] in seen)) { seen[p[1]] = 1; ws[++nw] = p[1] } }
-    split("direct pgbouncer pgward pgward-allowall", ts, " ")
+    split("direct pgbouncer pgward pgward-off", ts, " ")
     for (w = 1; w <= nw; w++) for (j = 1; j <= 4; j++) {
       k = ws[w] SUBSEP ts[j]; if (!(k in n)) continue
       d = ws[w] SUBSEP "direct"; b = ws[w] SUBSEP "pgbouncer"

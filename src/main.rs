@@ -139,7 +139,7 @@ fn run(
     overrides(&mut cfg);
     cfg.validate().map_err(anyhow::Error::msg)?;
     pgward::logging::init(&cfg.log);
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = build_runtime()?;
     runtime.block_on(async {
         let proxy = match &config {
             Some(path) => Proxy::bind_file(path, overrides).await?,
@@ -294,7 +294,7 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
     cfg.upstream.socket_dir = None;
     cfg.client_tls = Default::default();
     cfg.upstream.tls = Default::default();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = build_runtime()?;
     let result = runtime.block_on(async {
         let proxy = Proxy::bind(cfg).await?;
         let addr = proxy.local_addrs()[0];
@@ -319,4 +319,22 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
     eprintln!("pgward demo: stopping PostgreSQL and removing its data directory");
     drop(cluster);
     result
+}
+
+/// The tokio runtime. `PGWARD_WORKER_THREADS=1` selects a single-threaded
+/// event loop (like PgBouncer's); otherwise one worker per core.
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    match std::env::var("PGWARD_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    }
 }

@@ -14,6 +14,9 @@ pub enum Mode {
     /// Nothing is blocked; what would have been blocked is reported as
     /// `Verdict::Monitored`.
     Monitor,
+    /// The policy is not evaluated at all: pgward is a plain relay. For
+    /// measuring the relay alone, or a deliberate emergency bypass.
+    Off,
 }
 
 /// What a rule does when it matches.

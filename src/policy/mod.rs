@@ -174,6 +174,11 @@ impl Policy {
         })
     }
 
+    /// `mode = "off"`: the proxy forwards without evaluating.
+    pub fn is_off(&self) -> bool {
+        self.rules.mode == Mode::Off
+    }
+
     /// Classify `sql` (cached) and decide.
     pub fn evaluate(
         &self,
@@ -347,7 +352,7 @@ impl Policy {
                             hint: x.hint.clone(),
                         })
                     }
-                    (Action::Block, Mode::Monitor) | (Action::Monitor, _) => {
+                    (Action::Block, Mode::Monitor | Mode::Off) | (Action::Monitor, _) => {
                         monitored.get_or_insert(Verdict::Monitored {
                             rule_id: x.rule_id.clone(),
                             reason: format!("{message} (monitor only): {}{where_}", x.detail),

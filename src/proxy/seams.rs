@@ -183,6 +183,19 @@ impl SessionSeams {
             self.group_started = None;
             self.in_flight.push_back(started);
         }
+        if matches!(
+            tag,
+            frontend::QUERY | frontend::PARSE | frontend::FUNCTION_CALL
+        ) && self.policy.load().is_off()
+        {
+            if tag == frontend::PARSE {
+                self.statements += 1;
+            } else {
+                self.statements += u64::from(tag == frontend::QUERY);
+                self.sync_points_sent += 1;
+            }
+            return FrontendAction::Forward;
+        }
         match tag {
             frontend::QUERY => {
                 self.statements += 1;
@@ -434,6 +447,19 @@ mod tests {
         let policy = Policy::from_config(&PolicyConfig::default()).unwrap();
         let source = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy));
         SessionSeams::new(source, SessionScope::default(), 1)
+    }
+
+    #[test]
+    fn policy_mode_off_forwards_without_evaluating() {
+        let cfg = PolicyConfig::from_toml_str("mode = \"off\"").unwrap();
+        let policy = Policy::from_config(&cfg).unwrap();
+        let source = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+        let mut s = SessionSeams::new(source, SessionScope::default(), 1);
+        assert!(matches!(
+            s.on_frontend(b'Q', b"TRUNCATE users\0"),
+            FrontendAction::Forward
+        ));
+        assert_eq!((s.statements, s.blocked), (1, 0));
     }
 
     fn error_with(message: &str) -> Vec<u8> {
