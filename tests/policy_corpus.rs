@@ -1,16 +1,10 @@
 //! Table-driven corpus (tests/corpus/policy.txt) plus scoping, modes and
 //! prepared-statement tests against the public API.
 
+mod corpus;
+
+use corpus::{unescape, CORPUS};
 use pgward::policy::{LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope, Verdict};
-
-const CORPUS: &str = include_str!("corpus/policy.txt");
-
-fn unescape(s: &str) -> String {
-    s.replace("{CR}", "\r")
-        .replace("{LF}", "\n")
-        .replace("{NUL}", "\0")
-        .replace("{TAB}", "\t")
-}
 
 fn app_scope() -> SessionScope {
     SessionScope {

@@ -9,21 +9,15 @@
 //! statement pgward lets through fails the test. The agreement rate is
 //! printed (`cargo test --test policy_oracle -- --nocapture`).
 
+mod corpus;
+
+use corpus::{unescape, CORPUS};
 use pg_query::protobuf::node::Node as N;
 use pg_query::NodeRef;
 use pgward::policy::{
     Filter, LexOptions, ModOp, Policy, PolicyConfig, PreparedRegistry, SessionScope,
     StatementFacts, StatementKind, Verdict,
 };
-
-const CORPUS: &str = include_str!("corpus/policy.txt");
-
-fn unescape(s: &str) -> String {
-    s.replace("{CR}", "\r")
-        .replace("{LF}", "\n")
-        .replace("{NUL}", "\0")
-        .replace("{TAB}", "\t")
-}
 
 fn corpus() -> Vec<String> {
     CORPUS
