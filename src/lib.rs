@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod logging;
+pub mod pgclient;
 pub mod policy;
 pub mod proxy;
 pub mod tls;

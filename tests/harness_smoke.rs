@@ -92,3 +92,50 @@ async fn harness_smoke() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "true");
 }
+
+/// pgward's own connections (schema checks, audit sink) log in through the
+/// same upstream path as client sessions.
+#[tokio::test]
+async fn pgclient_logs_in_with_credentials_from_a_file() {
+    let db = fresh_database("pgclient");
+    let cfg = common::proxy_config();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", common::SCRAM_PW)).unwrap();
+    let creds = pgward::pgclient::CredentialsConfig {
+        user: common::SCRAM_USER.into(),
+        password_file: Some(pw),
+        password_env: None,
+    }
+    .resolve()
+    .unwrap();
+    let client = pgward::pgclient::connect(
+        &cfg.upstream,
+        &creds,
+        &db,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let row = client
+        .query_one("SELECT current_user::text, current_database()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), common::SCRAM_USER);
+    assert_eq!(row.get::<_, String>(1), db);
+
+    let wrong = pgward::pgclient::Credentials {
+        user: common::SCRAM_USER.into(),
+        password: Some("wrong".into()),
+    };
+    let e = pgward::pgclient::connect(
+        &cfg.upstream,
+        &wrong,
+        &db,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+}
