@@ -67,6 +67,23 @@ fn bench(c: &mut Criterion) {
             b.iter(|| cached.evaluate(black_box(sql), &scope, LexOptions::default(), &registry))
         });
     }
+    // Simple protocol: pgbench -S inlines a new aid every time, so the
+    // exact-text cache never hits; the template cache does.
+    let mut aid = 0u64;
+    c.bench_function("evaluate/inlined_literal/pgbench_select", |b| {
+        b.iter(|| {
+            aid = aid.wrapping_add(7919) % 10_000_000;
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            cached.evaluate(black_box(&sql), &scope, LexOptions::default(), &registry)
+        })
+    });
+    c.bench_function("evaluate/uncached/pgbench_select", |b| {
+        b.iter(|| {
+            aid = aid.wrapping_add(7919) % 10_000_000;
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            uncached.evaluate(black_box(&sql), &scope, LexOptions::default(), &registry)
+        })
+    });
 }
 
 criterion_group!(benches, bench);

@@ -29,6 +29,7 @@ pub mod facts;
 pub mod fold;
 pub mod lexer;
 pub mod rules;
+pub mod template;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -146,6 +147,8 @@ impl PreparedRegistry {
 pub struct Policy {
     rules: RuleSet,
     cache: FactsCache,
+    /// Facts of literal-insensitive statements, keyed by shape.
+    templates: FactsCache,
     /// OIDs the FunctionCall message may call despite `function_call`.
     function_call_allow: std::collections::HashSet<u32>,
 }
@@ -170,6 +173,7 @@ impl Policy {
         Ok(Policy {
             rules: RuleSet::compile(cfg)?,
             cache: FactsCache::new(cfg.cache_entries),
+            templates: FactsCache::new(cfg.cache_entries),
             function_call_allow,
         })
     }
@@ -316,8 +320,23 @@ impl Policy {
         if let Some(hit) = self.cache.get(sql, scs) {
             return hit;
         }
+        // Plain reads with inlined literals: one entry per shape, not per
+        // text (see `template`). Lexing fails the same way in classify, so
+        // an unlexable text simply takes the exact path.
+        let lexed = lexer::lex(sql, lex).ok();
+        let template_key = lexed.as_ref().and_then(|l| template::key(sql, l));
+        if let (Some(key), Some(lexed)) = (&template_key, &lexed) {
+            if let Some(t) = self.templates.get(key, scs) {
+                return Arc::new(template::instantiate(&t, sql, lexed));
+            }
+        }
         let facts = Arc::new(classify::classify_with(sql, lex));
-        self.cache.put(sql, scs, facts.clone());
+        match template_key {
+            Some(key) if template::literal_insensitive(&facts) => {
+                self.templates.put(&key, scs, facts.clone())
+            }
+            _ => self.cache.put(sql, scs, facts.clone()),
+        }
         facts
     }
 
