@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 /// `verdict` label values of `pgward_statements_total`.
-pub const VERDICTS: [&str; 3] = ["allow", "monitored", "block"];
+pub const VERDICTS: [&str; 4] = ["allow", "monitored", "block", "rewritten"];
 /// `class` label values (pgAudit classes; NONE for an empty message).
 pub const CLASSES: [&str; 8] = [
     "READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET", "NONE",

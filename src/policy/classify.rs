@@ -170,7 +170,7 @@ fn token_edits(
 }
 
 /// Fold one identifier token the way Postgres does.
-fn fold_token(sql: &str, t: &Token) -> Option<String> {
+pub(crate) fn fold_token(sql: &str, t: &Token) -> Option<String> {
     let s = text(sql, t);
     match t.kind {
         TokenKind::Word => Some(s.to_ascii_lowercase()),
@@ -183,7 +183,7 @@ fn fold_token(sql: &str, t: &Token) -> Option<String> {
 }
 
 /// A possibly qualified name starting at token `i` (`a`, `a.b`, `a.b.c`).
-fn name_at(sql: &str, toks: &[Token], i: usize) -> Option<QualifiedName> {
+pub(crate) fn name_at(sql: &str, toks: &[Token], i: usize) -> Option<QualifiedName> {
     let mut parts = vec![fold_token(sql, toks.get(i)?)?];
     let mut j = i + 1;
     while toks.get(j).is_some_and(|t| t.kind == TokenKind::Dot) {

@@ -189,6 +189,9 @@ pub struct PolicyConfig {
     pub rules: BuiltinRules,
     #[serde(default)]
     pub custom: Vec<CustomRuleConfig>,
+    /// `[[policy.soft_delete]]`: tables whose DELETEs become UPDATEs.
+    #[serde(default)]
+    pub soft_delete: Vec<super::soft_delete::SoftDeleteConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -202,6 +205,7 @@ impl Default for PolicyConfig {
             function_call_allow: Vec::new(),
             rules: BuiltinRules::default(),
             custom: Vec::new(),
+            soft_delete: Vec::new(),
         }
     }
 }

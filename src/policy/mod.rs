@@ -28,7 +28,9 @@ pub mod config;
 pub mod facts;
 pub mod fold;
 pub mod lexer;
+pub mod quote;
 pub mod rules;
+pub mod soft_delete;
 pub mod template;
 
 use std::collections::HashMap;
@@ -65,6 +67,8 @@ pub enum PolicyError {
     UnknownFunction(String),
     #[error("custom rule \"{0}\" matches nothing: give at least one of kinds, tables, functions")]
     EmptyCustomRule(String),
+    #[error("policy.soft_delete: {0}")]
+    SoftDelete(String),
 }
 
 /// Who is asking: the authenticated session.
@@ -75,6 +79,14 @@ pub struct SessionScope {
     pub application_name: String,
     /// `None` for unix-socket clients.
     pub client_addr: Option<IpAddr>,
+}
+
+impl SessionScope {
+    /// Who the session acts for, as written into audit trails and soft-delete
+    /// `deleted_by` columns: the authenticated user.
+    pub fn identity_label(&self) -> &str {
+        &self.user
+    }
 }
 
 /// A blocked statement, ready to become an ErrorResponse (SQLSTATE 42501).
@@ -100,6 +112,14 @@ pub enum Verdict {
         reason: String,
     },
     Block(Block),
+    /// Forward `sql` instead of the client's text: the statements at the
+    /// indexes in `rewritten` were changed (soft delete); everything else is
+    /// the client's text byte for byte.
+    Rewrite {
+        rule_id: String,
+        sql: String,
+        rewritten: Vec<usize>,
+    },
 }
 
 /// Result of [`Policy::evaluate`].
@@ -151,6 +171,7 @@ pub struct Policy {
     templates: FactsCache,
     /// OIDs the FunctionCall message may call despite `function_call`.
     function_call_allow: std::collections::HashSet<u32>,
+    soft_delete: soft_delete::SoftDelete,
 }
 
 impl std::fmt::Debug for Policy {
@@ -170,17 +191,42 @@ impl Policy {
                 .ok_or_else(|| PolicyError::UnknownFunction(entry.clone()))?;
             function_call_allow.extend(oids);
         }
+        let mut tables: Vec<soft_delete::SoftDeleteTable> = Vec::new();
+        for entry in &cfg.soft_delete {
+            let t = soft_delete::validate(entry).map_err(PolicyError::SoftDelete)?;
+            if tables.iter().any(|o| {
+                (&o.schema, &o.name, &o.config.database) == (&t.schema, &t.name, &t.config.database)
+            }) {
+                return Err(PolicyError::SoftDelete(format!(
+                    "table {} is listed twice",
+                    entry.table
+                )));
+            }
+            tables.push(t);
+        }
         Ok(Policy {
             rules: RuleSet::compile(cfg)?,
             cache: FactsCache::new(cfg.cache_entries),
             templates: FactsCache::new(cfg.cache_entries),
             function_call_allow,
+            soft_delete: soft_delete::SoftDelete::new(tables, cfg.default_schemas.clone()),
         })
     }
 
     /// `mode = "off"`: the proxy forwards without evaluating.
     pub fn is_off(&self) -> bool {
         self.rules.mode == Mode::Off
+    }
+
+    /// Soft-delete tables, validated (empty when none are configured).
+    pub fn soft_delete_tables(&self) -> &[soft_delete::SoftDeleteTable] {
+        self.soft_delete.tables()
+    }
+
+    /// Whether the policy has soft-delete tables (sessions then track which
+    /// replies to re-tag).
+    pub fn has_soft_delete(&self) -> bool {
+        !self.soft_delete.is_empty()
     }
 
     /// Classify `sql` (cached) and decide.
@@ -204,10 +250,56 @@ impl Policy {
                     .record_prepare(name, (**body).clone());
             }
         }
-        let verdict = self.decide(&statements, scope);
+        let mut verdict = self.decide(&statements, scope);
+        if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
+            verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
+        }
         Evaluation {
             statements,
             verdict,
+        }
+    }
+
+    /// Apply soft delete to an allowed evaluation: rewrite in enforce mode,
+    /// only note it in monitor mode; a DELETE that cannot be rewritten with
+    /// certainty is blocked (it must not hard-delete).
+    fn soft_delete_verdict(
+        &self,
+        sql: &str,
+        lex: LexOptions,
+        statements: &[StatementFacts],
+        scope: &SessionScope,
+        verdict: Verdict,
+    ) -> Verdict {
+        let enforce = self.rules.mode == Mode::Enforce;
+        match self.soft_delete.rewrite(sql, lex, statements, scope) {
+            Ok(None) => verdict,
+            Ok(Some(_)) if !enforce => match verdict {
+                Verdict::Allow => Verdict::Monitored {
+                    rule_id: soft_delete::RULE_ID.into(),
+                    reason: "DELETE on a soft-delete table would become an UPDATE (monitor only)"
+                        .into(),
+                },
+                other => other,
+            },
+            Ok(Some(rw)) => Verdict::Rewrite {
+                rule_id: soft_delete::RULE_ID.into(),
+                sql: rw.sql,
+                rewritten: rw.statements,
+            },
+            Err(reason) if enforce => Verdict::Block(Block {
+                rule_id: soft_delete::RULE_ID.into(),
+                message: format!(
+                    "pgward: DELETE on a soft-delete table blocked by rule \"{}\"",
+                    soft_delete::RULE_ID
+                ),
+                detail: reason,
+                hint: "Write it as a plain DELETE FROM table [AS alias] [USING …] WHERE … [RETURNING …] so pgward can turn it into a soft delete.".into(),
+            }),
+            Err(reason) => Verdict::Monitored {
+                rule_id: soft_delete::RULE_ID.into(),
+                reason: format!("soft delete could not be applied (monitor only): {reason}"),
+            },
         }
     }
 
@@ -417,6 +509,17 @@ fn describe_verdict(v: &Verdict) -> String {
             "BLOCK\n  message: {}\n  detail:  {}\n  hint:    {}",
             b.message, b.detail, b.hint
         ),
+        Verdict::Rewrite {
+            rule_id,
+            sql,
+            rewritten,
+        } => {
+            let n: Vec<String> = rewritten.iter().map(|i| (i + 1).to_string()).collect();
+            format!(
+                "REWRITE by rule \"{rule_id}\" (statement {})\n  sent as: {sql}",
+                n.join(", ")
+            )
+        }
     }
 }
 

@@ -144,6 +144,7 @@ async fn pump_frontend(
 ) -> RelayEnd {
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
+    let tracking = lock(seams).tracking_flag();
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -165,7 +166,10 @@ async fn pump_frontend(
                     break;
                 }
             };
-            if SessionSeams::wants_frontend(header.tag) {
+            if SessionSeams::wants_frontend(header.tag)
+                || (tracking.load(Ordering::Relaxed)
+                    && SessionSeams::wants_tracked_frontend(header.tag))
+            {
                 if buf.len() - pos < header.frame_len {
                     buf.reserve(header.frame_len - (buf.len() - pos));
                     break;

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::retag::Retagger;
 use super::PolicySource;
 use crate::admin::metrics::metrics;
 use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
@@ -90,6 +91,8 @@ pub struct SessionSeams {
     group_started: Option<Instant>,
     /// Start times of groups sent upstream, awaiting their ReadyForQuery.
     in_flight: VecDeque<Instant>,
+    /// Soft delete: which replies to re-tag `UPDATE n` → `DELETE n`.
+    retag: Retagger,
 }
 
 impl SessionSeams {
@@ -112,7 +115,14 @@ impl SessionSeams {
             block_counter: 0,
             group_started: None,
             in_flight: VecDeque::new(),
+            retag: Retagger::default(),
         }
+    }
+
+    /// Set while Bind/Execute frames must reach [`Self::on_frontend`] too
+    /// (the policy has soft-delete tables); the relay reads it per frame.
+    pub fn tracking_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.retag.flag()
     }
 
     /// The relay phase starts counting ReadyForQuery afresh.
@@ -122,6 +132,8 @@ impl SessionSeams {
         self.group_started = None;
         self.in_flight.clear();
         self.idle_since = Some(Instant::now());
+        let wanted = self.policy.load().has_soft_delete();
+        self.retag.activate(wanted, 1, true);
     }
 
     /// Since when the session has been idle: outside a transaction with no
@@ -188,6 +200,7 @@ impl SessionSeams {
             frontend::QUERY | frontend::PARSE | frontend::FUNCTION_CALL
         ) && self.policy.load().is_off()
         {
+            self.retag.activate(false, 0, false);
             if tag == frontend::PARSE {
                 self.statements += 1;
             } else {
@@ -200,10 +213,13 @@ impl SessionSeams {
             frontend::QUERY => {
                 self.statements += 1;
                 let policy = self.policy.load();
+                let group = self.sync_points_sent + 1;
+                self.retag.activate(policy.has_soft_delete(), group, false);
                 let eval = self.evaluate_text(&policy, frame::query_text(body), body);
-                let action = self.apply_verdict(&eval, query_frame);
-                if matches!(action, FrontendAction::Forward) {
+                let action = self.apply_verdict(&eval, query_frame, query_frame);
+                if !matches!(eval.verdict, Verdict::Block(_)) {
                     policy.observe_prepared(&eval, &mut self.prepared);
+                    self.retag.on_query(group, &eval.statements);
                 }
                 self.sync_points_sent += 1;
                 action
@@ -211,6 +227,8 @@ impl SessionSeams {
             frontend::PARSE => {
                 self.statements += 1;
                 let policy = self.policy.load();
+                self.retag
+                    .activate(policy.has_soft_delete(), self.sync_points_sent + 1, false);
                 let parsed = frame::parse_text(body);
                 let (name, eval) = match parsed {
                     Ok((name, sql)) => {
@@ -221,12 +239,20 @@ impl SessionSeams {
                         self.evaluate_text(&policy, Err(reason), body),
                     ),
                 };
-                let action = self.apply_verdict(&eval, |token| parse_frame(&name, token));
-                if matches!(action, FrontendAction::Forward) && !name.is_empty() {
-                    if let [facts] = eval.statements.as_slice() {
-                        self.prepared.record_prepare(&name, facts.clone());
-                    }
+                let action = self.apply_verdict(
+                    &eval,
+                    |token| parse_frame(&name, token),
+                    |sql| rewrite_parse(body, sql),
+                );
+                let forwarded = !matches!(eval.verdict, Verdict::Block(_));
+                let single = match eval.statements.as_slice() {
+                    [facts] if forwarded => Some(facts),
+                    _ => None,
+                };
+                if let (Some(facts), false) = (single, name.is_empty()) {
+                    self.prepared.record_prepare(&name, facts.clone());
                 }
+                self.retag.on_parse(&name, single);
                 action
             }
             frontend::FUNCTION_CALL => {
@@ -237,18 +263,30 @@ impl SessionSeams {
                 let started = Instant::now();
                 let eval = self.policy.load().evaluate_function_call(oid, &self.scope);
                 record_evaluation(&eval, started);
-                let action = self.apply_verdict(&eval, query_frame);
+                let action = self.apply_verdict(&eval, query_frame, query_frame);
                 self.sync_points_sent += 1;
                 action
+            }
+            frontend::BIND if self.retag.is_active() => {
+                self.retag.on_bind(body);
+                FrontendAction::Forward
+            }
+            frontend::EXECUTE if self.retag.is_active() => {
+                self.retag.on_execute(self.sync_points_sent + 1, body);
+                FrontendAction::Forward
             }
             frontend::SYNC => {
                 self.sync_points_sent += 1;
                 FrontendAction::Forward
             }
             frontend::CLOSE => {
-                if let [b'S', rest @ ..] = body {
+                if let [kind, rest @ ..] = body {
                     if let Some((name, _)) = frame::read_cstr(rest) {
-                        self.prepared.forget(&String::from_utf8_lossy(name));
+                        let name = String::from_utf8_lossy(name);
+                        if *kind == b'S' {
+                            self.prepared.forget(&name);
+                        }
+                        self.retag.on_close(*kind, &name);
                     }
                 }
                 FrontendAction::Forward
@@ -261,9 +299,14 @@ impl SessionSeams {
         &mut self,
         eval: &Evaluation,
         substitute: impl FnOnce(&str) -> Bytes,
+        rewritten: impl FnOnce(&str) -> Bytes,
     ) -> FrontendAction {
         match &eval.verdict {
             Verdict::Allow => FrontendAction::Forward,
+            Verdict::Rewrite { rule_id, sql, .. } => {
+                tracing::debug!(rule = %rule_id, statement = %preview(eval), "statement rewritten");
+                FrontendAction::Replace(rewritten(sql))
+            }
             Verdict::Monitored { rule_id, reason } => {
                 tracing::warn!(rule = %rule_id, %reason, statement = %preview(eval), "statement monitored (would be blocked)");
                 FrontendAction::Forward
@@ -291,6 +334,7 @@ impl SessionSeams {
     /// Called with every CommandComplete, ErrorResponse, ReadyForQuery and
     /// ParameterStatus frame before it is forwarded.
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) -> BackendAction {
+        let retagged = self.retag.on_backend(self.ready_received + 1, tag, body);
         match tag {
             backend::READY_FOR_QUERY => {
                 if let Some(status) = frame::ready_status(body) {
@@ -321,6 +365,11 @@ impl SessionSeams {
                 }
             }
             backend::COMMAND_COMPLETE => {
+                if let Some(frame) = retagged {
+                    self.last_command_tag = frame::read_cstr(&frame[frame::Header::SIZE..])
+                        .map(|(t, _)| String::from_utf8_lossy(t).into_owned());
+                    return BackendAction::Replace(frame);
+                }
                 if let Some((tag, _)) = frame::read_cstr(body) {
                     self.last_command_tag = Some(String::from_utf8_lossy(tag).into_owned());
                 }
@@ -353,6 +402,8 @@ impl SessionSeams {
                 | backend::ERROR_RESPONSE
                 | backend::READY_FOR_QUERY
                 | backend::PARAMETER_STATUS
+                | backend::PORTAL_SUSPENDED
+                | backend::EMPTY_QUERY
         )
     }
 
@@ -366,6 +417,11 @@ impl SessionSeams {
                 | frontend::CLOSE
                 | frontend::FUNCTION_CALL
         )
+    }
+
+    /// Frontend frames wanted only while [`Self::tracking_flag`] is set.
+    pub fn wants_tracked_frontend(tag: u8) -> bool {
+        matches!(tag, frontend::BIND | frontend::EXECUTE)
     }
 }
 
@@ -386,6 +442,10 @@ fn record_evaluation(eval: &Evaluation, started: Instant) {
                 .with_label_values(&[b.rule_id.as_str(), "block"])
                 .inc();
             2
+        }
+        Verdict::Rewrite { rule_id, .. } => {
+            m.rule_hits.with_label_values(&[rule_id, "rewrite"]).inc();
+            3
         }
     };
     m.statement(verdict, class).inc();
@@ -435,6 +495,23 @@ fn parse_frame(name: &str, text: &str) -> Bytes {
     out.put_slice(text.as_bytes());
     out.put_u8(0);
     out.put_i16(0);
+    out.freeze()
+}
+
+/// The Parse message `body` with its query text replaced by `text`: the
+/// statement name and parameter types are the client's bytes.
+fn rewrite_parse(body: &[u8], text: &str) -> Bytes {
+    let (name, rest) = frame::read_cstr(body).unwrap_or((b"", b""));
+    let types = frame::read_cstr(rest).map_or(&[0u8, 0][..], |(_, t)| t);
+    let len = 4 + name.len() + 1 + text.len() + 1 + types.len();
+    let mut out = BytesMut::with_capacity(len + 1);
+    out.put_u8(frontend::PARSE);
+    out.put_i32(len as i32);
+    out.put_slice(name);
+    out.put_u8(0);
+    out.put_slice(text.as_bytes());
+    out.put_u8(0);
+    out.put_slice(types);
     out.freeze()
 }
 

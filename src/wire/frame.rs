@@ -11,6 +11,8 @@ pub mod frontend {
     pub const FUNCTION_CALL: u8 = b'F';
     pub const CLOSE: u8 = b'C';
     pub const PASSWORD: u8 = b'p';
+    pub const BIND: u8 = b'B';
+    pub const EXECUTE: u8 = b'E';
 }
 
 /// Backend message type bytes that pgward looks at.
@@ -22,6 +24,8 @@ pub mod backend {
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const PARAMETER_STATUS: u8 = b'S';
     pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const EMPTY_QUERY: u8 = b'I';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
 
