@@ -42,6 +42,8 @@ pub struct Config {
     /// Served by `/policy` from the file's own `[policy]` table.
     #[serde(skip_serializing)]
     pub policy: crate::policy::PolicyConfig,
+    /// How the soft-delete tables of the policy are checked live.
+    pub soft_delete_check: crate::soft_delete_check::SoftDeleteCheckConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

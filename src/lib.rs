@@ -12,5 +12,7 @@ pub mod logging;
 pub mod pgclient;
 pub mod policy;
 pub mod proxy;
+pub mod soft_delete_check;
+pub mod soft_delete_ddl;
 pub mod tls;
 pub mod wire;

@@ -60,6 +60,11 @@ enum Command {
         /// The SQL text (one Query message; several statements allowed).
         sql: String,
     },
+    /// Print SQL a DBA needs for the configured features.
+    Sql {
+        #[command(subcommand)]
+        what: SqlCommand,
+    },
     /// Start a throwaway local Postgres and pgward in front of it.
     Demo {
         /// Config file for pgward (default: config/pgward.toml when present).
@@ -68,6 +73,16 @@ enum Command {
         /// Port pgward listens on.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum SqlCommand {
+    /// DDL for the [[policy.soft_delete]] tables: columns, unique indexes
+    /// over live rows, an RLS policy hiding deleted rows.
+    SoftDelete {
+        #[arg(long, env = "PGWARD_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -87,6 +102,14 @@ fn main() -> ExitCode {
             .and_then(|upstream| run(config, listen, upstream, upstream_socket, admin_listen)),
         Command::Check { file } => return check(&file),
         Command::Demo { config, port } => pgward_demo(config, port),
+        Command::Sql {
+            what: SqlCommand::SoftDelete { config },
+        } => load_config(Some(&config))
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| {
+                pgward::soft_delete_ddl::ddl(&cfg.policy).map_err(|e| anyhow::anyhow!(e))
+            })
+            .map(|sql| println!("{sql}")),
         Command::Explain {
             config,
             user,

@@ -20,6 +20,7 @@ fn verdict_str(v: &Verdict) -> String {
         Verdict::Allow => "allow".into(),
         Verdict::Monitored { rule_id, .. } => format!("monitor:{rule_id}"),
         Verdict::Block(b) => format!("block:{}", b.rule_id),
+        Verdict::Rewrite { rule_id, .. } => format!("rewrite:{rule_id}"),
     }
 }
 

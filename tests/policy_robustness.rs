@@ -22,7 +22,7 @@ fn eval(p: &Policy, sql: &str) -> Verdict {
 fn rule(v: &Verdict) -> &str {
     match v {
         Verdict::Block(b) => &b.rule_id,
-        Verdict::Monitored { rule_id, .. } => rule_id,
+        Verdict::Monitored { rule_id, .. } | Verdict::Rewrite { rule_id, .. } => rule_id,
         Verdict::Allow => "allow",
     }
 }

@@ -103,6 +103,8 @@ impl Live {
         let acceptor = tls::client_acceptor(&config.client_tls)?;
         let upstream_tls = tls::upstream_connector(&config.upstream.tls, &config.upstream.host)?;
         let policy = Arc::new(Policy::from_config(&config.policy)?);
+        crate::soft_delete_check::check(&config)
+            .map_err(|e| ProxyError::Invalid(format!("soft delete schema check: {e}")))?;
         let admin_token = match &config.admin.bearer_token_file {
             Some(p) => {
                 let t = std::fs::read_to_string(p).map_err(|e| {
