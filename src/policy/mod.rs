@@ -273,7 +273,14 @@ impl Policy {
     ) -> Verdict {
         let enforce = self.rules.mode == Mode::Enforce;
         match self.soft_delete.rewrite(sql, lex, statements, scope) {
-            Ok(None) => verdict,
+            // A purge role's hard delete is allowed and flagged for the audit.
+            Ok(None) => match (&verdict, self.soft_delete.hard_delete(statements, scope)) {
+                (Verdict::Allow, Some(reason)) => Verdict::Monitored {
+                    rule_id: soft_delete::RULE_ID.into(),
+                    reason,
+                },
+                _ => verdict,
+            },
             Ok(Some(_)) if !enforce => match verdict {
                 Verdict::Allow => Verdict::Monitored {
                     rule_id: soft_delete::RULE_ID.into(),

@@ -268,6 +268,29 @@ impl SoftDelete {
             .filter(|t| !t.config.hard_delete_roles.contains(&scope.user))
     }
 
+    /// A DELETE that stays a hard delete because the user is one of the
+    /// table's `hard_delete_roles`: described for the audit trail.
+    pub fn hard_delete(
+        &self,
+        statements: &[StatementFacts],
+        scope: &SessionScope,
+    ) -> Option<String> {
+        statements
+            .iter()
+            .filter_map(deleting_facts)
+            .flat_map(|f| f.modifications.iter())
+            .filter(|m| m.op.is_delete())
+            .find_map(|m| {
+                let t = self.entry(&m.table, scope)?;
+                t.config.hard_delete_roles.contains(&scope.user).then(|| {
+                    format!(
+                        "hard DELETE on soft-delete table {} by {} (hard_delete_roles)",
+                        t.config.table, scope.user
+                    )
+                })
+            })
+    }
+
     /// Does this statement delete from a soft-delete table (so it needs a
     /// rewrite)? Cheap: facts only.
     fn needs_rewrite(&self, f: &StatementFacts, scope: &SessionScope) -> bool {
@@ -687,6 +710,9 @@ mod tests {
         );
         assert_eq!(rw(&sd, "DELETE FROM orders WHERE id = 1", "app"), Ok(None));
         assert_eq!(rw(&sd, "DELETE FROM users WHERE id = 1", "purge"), Ok(None));
+        let facts = classify_with("DELETE FROM users WHERE id = 1", LexOptions::default());
+        assert!(sd.hard_delete(&facts, &scope("purge")).is_some());
+        assert!(sd.hard_delete(&facts, &scope("app")).is_none());
     }
 
     #[test]
@@ -766,6 +792,65 @@ mod tests {
         let sd = policy(&["public.users"]);
         assert!(sql_of(&sd, "DELETE FROM users RETURNING id")
             .ends_with("'app' WHERE users.\"deleted_at\" IS NULL RETURNING id"));
+    }
+
+    #[test]
+    fn explain_analyze_and_current_of_are_rewritten() {
+        let sd = policy(&["public.users"]);
+        let out = sql_of(&sd, "EXPLAIN (ANALYZE) DELETE FROM users WHERE id = 1");
+        assert!(
+            out.starts_with("EXPLAIN (ANALYZE) UPDATE users SET"),
+            "{out}"
+        );
+        let out = sql_of(&sd, "EXPLAIN ANALYZE DELETE FROM users WHERE id = 1");
+        assert!(out.starts_with("EXPLAIN ANALYZE UPDATE users SET"), "{out}");
+        // Nothing can be added to WHERE CURRENT OF: the cursor names the row.
+        let out = sql_of(&sd, "DELETE FROM users WHERE CURRENT OF c");
+        assert!(out.ends_with("'app' WHERE CURRENT OF c"), "{out}");
+    }
+
+    #[test]
+    fn what_cannot_be_located_with_certainty_is_refused() {
+        let sd = policy(&["public.users"]);
+        // A Unicode-escaped name: the parser sees users, the splicer cannot
+        // read the token — refused, never a hard delete.
+        assert!(rw(&sd, "DELETE FROM U&\"users\" WHERE id = 1", "app").is_err());
+        let err = rw(
+            &sd,
+            "MERGE INTO users u USING t ON u.id = t.id WHEN MATCHED THEN DELETE",
+            "app",
+        )
+        .unwrap_err();
+        assert!(err.contains("MERGE"), "{err}");
+        // Two DELETEs in one statement, one on a soft-delete table.
+        let out = sql_of(
+            &sd,
+            "WITH a AS (DELETE FROM t WHERE x = 1), b AS (DELETE FROM users WHERE id = 2) SELECT 1",
+        );
+        assert!(
+            out.starts_with("WITH a AS (DELETE FROM t WHERE x = 1), b AS (UPDATE users SET"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn configured_database_and_hard_delete_roles_scope_the_rewrite() {
+        let mut cfg = policy(&["public.users"]).tables[0].config.clone();
+        cfg.database = Some("other".into());
+        let sd = SoftDelete::new(vec![validate(&cfg).unwrap()], vec!["public".into()]);
+        assert_eq!(rw(&sd, "DELETE FROM users WHERE id = 1", "app"), Ok(None));
+        for (bad, why) in [
+            ("deleted_at", ""),
+            ("reason_setting", "nodot"),
+            ("reason_setting", "a.b'c"),
+        ] {
+            let mut c = cfg.clone();
+            match bad {
+                "deleted_at" => c.deleted_at = why.into(),
+                _ => c.reason_setting = why.into(),
+            }
+            assert!(validate(&c).is_err(), "{bad}={why:?}");
+        }
     }
 
     #[test]

@@ -178,3 +178,90 @@ impl Retagger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::classify::classify;
+
+    fn cc(tag: &str) -> Vec<u8> {
+        let mut b = tag.as_bytes().to_vec();
+        b.push(0);
+        b
+    }
+
+    fn cstrs(parts: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    fn tag_after(r: &mut Retagger, group: u64, tag: &str) -> String {
+        match r.on_backend(group, backend::COMMAND_COMPLETE, &cc(tag)) {
+            Some(frame) => String::from_utf8_lossy(&frame[5..frame.len() - 1]).into_owned(),
+            None => tag.to_string(),
+        }
+    }
+
+    #[test]
+    fn query_statements_are_retagged_by_position() {
+        let mut r = Retagger::default();
+        r.activate(true, 1, true);
+        let facts = classify("UPDATE t SET a = 1 WHERE b = 2; DELETE FROM users WHERE id = 1");
+        r.on_query(1, &facts);
+        assert_eq!(tag_after(&mut r, 1, "UPDATE 1"), "UPDATE 1");
+        assert_eq!(tag_after(&mut r, 1, "UPDATE 3"), "DELETE 3");
+        // Nothing is expected any more: later tags pass unchanged.
+        assert_eq!(tag_after(&mut r, 1, "UPDATE 2"), "UPDATE 2");
+    }
+
+    #[test]
+    fn an_error_skips_the_rest_of_its_group_only() {
+        let mut r = Retagger::default();
+        r.activate(true, 1, true);
+        let del = classify("DELETE FROM users WHERE id = $1");
+        r.on_parse("d", del.first());
+        r.on_bind(&cstrs(&["", "d"]));
+        r.on_execute(1, &cstrs(&[""]));
+        r.on_execute(1, &cstrs(&[""]));
+        r.on_bind(&cstrs(&["", "d"]));
+        r.on_execute(2, &cstrs(&[""]));
+        assert_eq!(r.on_backend(1, backend::ERROR_RESPONSE, b""), None);
+        r.on_backend(1, backend::READY_FOR_QUERY, b"I");
+        assert_eq!(tag_after(&mut r, 2, "UPDATE 1"), "DELETE 1");
+    }
+
+    #[test]
+    fn portal_suspended_consumes_one_execute_and_closing_forgets() {
+        let mut r = Retagger::default();
+        r.activate(true, 1, true);
+        r.on_parse(
+            "d",
+            classify("DELETE FROM users WHERE id > 0 RETURNING id").first(),
+        );
+        r.on_bind(&cstrs(&["p", "d"]));
+        r.on_execute(1, &cstrs(&["p"]));
+        r.on_execute(1, &cstrs(&["p"]));
+        r.on_backend(1, backend::PORTAL_SUSPENDED, b"");
+        assert_eq!(tag_after(&mut r, 1, "UPDATE 2"), "DELETE 2");
+        r.on_close(b'P', "p");
+        r.on_execute(1, &cstrs(&["p"]));
+        assert_eq!(tag_after(&mut r, 1, "UPDATE 1"), "UPDATE 1");
+    }
+
+    #[test]
+    fn tracking_started_mid_group_does_not_guess() {
+        let mut r = Retagger::default();
+        r.activate(true, 4, false);
+        r.on_parse("", classify("DELETE FROM users WHERE id = 1").first());
+        r.on_bind(&cstrs(&["", ""]));
+        r.on_execute(4, &cstrs(&[""]));
+        assert_eq!(tag_after(&mut r, 4, "UPDATE 1"), "UPDATE 1");
+        r.on_backend(4, backend::READY_FOR_QUERY, b"I");
+        r.on_execute(5, &cstrs(&[""]));
+        assert_eq!(tag_after(&mut r, 5, "UPDATE 1"), "DELETE 1");
+    }
+}
