@@ -219,7 +219,9 @@ async fn serve_until_signalled(proxy: Proxy, cfg: &Config) -> anyhow::Result<()>
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                let _ = handle.reload();
+                // Off the event loop: a reload may check the live schema.
+                let h = handle.clone();
+                let _ = tokio::task::spawn_blocking(move || h.reload()).await;
             }
             _ = term.recv() => {
                 break handle.live().config.timeouts.shutdown();

@@ -136,6 +136,19 @@ async fn execute_counts_and_returning_rows_look_like_a_delete_while_rows_stay() 
     let mut got: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     got.sort();
     assert_eq!(got, vec![(2, "user2".into()), (3, "user3".into())]);
+    // Parameter numbering is the client's: $2 before $1 still binds right.
+    let n = client
+        .execute(
+            "DELETE FROM users WHERE name = $2 AND id = $1",
+            &[&5i32, &"user5"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    client
+        .execute("UPDATE users SET deleted_at = NULL WHERE id = $1", &[&5i32])
+        .await
+        .unwrap();
     // The client no longer sees them as live; the rows are all still there.
     assert_eq!(psql(&db, "SELECT count(*) FROM users"), "5");
     assert_eq!(

@@ -376,7 +376,9 @@ impl ProxyHandle {
             last = now;
             if changed {
                 info!(file = %path.display(), "config file changed; reloading");
-                let _ = self.reload();
+                // Off the event loop: a reload may check the live schema.
+                let h = self.clone();
+                let _ = tokio::task::spawn_blocking(move || h.reload()).await;
             }
         }
     }
