@@ -376,12 +376,20 @@ async fn cte_and_prepare_execute() {
     assert_eq!(tags(&msgs), ["PREPARE"]);
     assert_eq!(tags(&c.simple("EXECUTE p(2)").await), ["DELETE 1"]);
     assert_eq!(tags(&c.simple("EXECUTE p(2)").await), ["DELETE 0"]);
+    // A protocol-level statement EXECUTEd from SQL shares the namespace.
+    c.send(&rawpg::cat(&[
+        rawpg::parse("pd", "DELETE FROM users WHERE id = $1", &[23]),
+        rawpg::sync(),
+    ]))
+    .await;
+    c.until_ready().await;
+    assert_eq!(tags(&c.simple("EXECUTE pd(3)").await), ["DELETE 1"]);
     assert_eq!(
         psql(
             &db,
             "SELECT string_agg(id::text, ',' ORDER BY id) FROM users WHERE deleted_at IS NOT NULL"
         ),
-        "1,2"
+        "1,2,3"
     );
     assert_eq!(psql(&db, "SELECT count(*) FROM users"), "5");
 }
