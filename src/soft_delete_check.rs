@@ -172,9 +172,18 @@ async fn check_table(
         Some(_) => {}
     }
     for col in [&c.deleted_by, &c.reason].into_iter().flatten() {
-        if !columns.iter().any(|(n, _)| n == col) {
-            out.push(format!("{label}: column {col:?} does not exist"));
+        match columns.iter().find(|(n, _)| n == col) {
+            None => out.push(format!("{label}: column {col:?} does not exist")),
+            Some((_, ty)) if !is_text_type(ty) => out.push(format!(
+                "{label}: column {col:?} is {ty}, expected text (or varchar)"
+            )),
+            Some(_) => {}
         }
     }
     out
+}
+
+/// Types a text value is assigned to without a cast that could fail.
+fn is_text_type(ty: &str) -> bool {
+    ty == "text" || ty == "citext" || ty == "name" || ty.starts_with("character")
 }

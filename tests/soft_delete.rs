@@ -628,6 +628,27 @@ async fn live_schema_check_rejects_missing_tables_and_columns() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"deleted_at\" does not exist"), "{err}");
+    let err = bind("[[policy.soft_delete]]\ntable = \"public.users\"\ndeleted_by = \"id\"\n")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"id\" is integer, expected text"), "{err}");
+    let err = bind("[[policy.soft_delete]]\ntable = \"public.users\"\ndeleted_at = \"name\"\n")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected timestamp with time zone"), "{err}");
+    // No credentials to check with: an error, never a silent no-op.
+    let mut cfg = common::proxy_config();
+    cfg.policy = Config::from_toml("[[policy.soft_delete]]\ntable = \"public.users\"\n", "t")
+        .unwrap()
+        .policy;
+    let err = pgward::proxy::Proxy::bind(cfg)
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("soft_delete_check.credentials"), "{err}");
     // Monitor mode: a warning, the proxy starts.
     bind("mode = \"monitor\"\n[[policy.soft_delete]]\ntable = \"public.missing\"\n")
         .await
