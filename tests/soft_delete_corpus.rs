@@ -127,3 +127,73 @@ fn every_corpus_delete_is_rewritten_exactly_or_refused() {
     );
     assert!(rewritten >= 60, "only {rewritten} rewrites");
 }
+
+/// Arbitrary and corpus-built frames through the seams of a session whose
+/// policy has soft-delete tables (Bind/Execute tracked, replies re-tagged):
+/// no input panics, and re-tagging never invents a tag.
+#[test]
+fn seams_with_soft_delete_survive_arbitrary_frames() {
+    use pgward::proxy::seams::{BackendAction, SessionSeams};
+    use std::sync::Arc;
+
+    let cfg = PolicyConfig::from_toml_str(POLICY).expect("policy");
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(
+        Policy::from_config(&cfg).expect("compiles"),
+    ));
+    let mut seams = SessionSeams::new(policy, scope(), 1);
+    seams.startup_complete();
+    let sqls: Vec<String> = CORPUS
+        .lines()
+        .filter_map(|l| l.split_once(" | ").map(|(_, s)| unescape(s)))
+        .collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let cstr = |s: &str| {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        b
+    };
+    for _ in 0..20_000 {
+        let r = next();
+        let sql = &sqls[(r >> 8) as usize % sqls.len()];
+        let name = ["", "s1", "p"][(r >> 20) as usize % 3];
+        let junk: Vec<u8> = (0..(r >> 40) % 12).map(|_| next() as u8).collect();
+        match r % 12 {
+            0 => drop(seams.on_frontend(b'Q', &cstr(sql))),
+            1 => {
+                let mut b = cstr(name);
+                b.extend(cstr(sql));
+                b.extend([0, 0]);
+                drop(seams.on_frontend(b'P', &b));
+            }
+            2 => {
+                let mut b = cstr(name);
+                b.extend(cstr(name));
+                b.extend(&junk);
+                drop(seams.on_frontend(b'B', &b));
+            }
+            3 => {
+                let mut b = cstr(name);
+                b.extend([0, 0, 0, 1]);
+                drop(seams.on_frontend(b'E', &b));
+            }
+            4 => drop(seams.on_frontend(b'S', b"")),
+            5 => drop(seams.on_frontend([b'B', b'E', b'C'][(r >> 4) as usize % 3], &junk)),
+            6 | 7 => {
+                let tag = ["UPDATE 3", "DELETE 1", "SELECT 2", "UPDATE"][(r >> 4) as usize % 4];
+                if let BackendAction::Replace(frame) = seams.on_backend(b'C', &cstr(tag)) {
+                    assert_eq!(&frame[5..frame.len() - 1], b"DELETE 3", "from {tag}");
+                }
+            }
+            8 => drop(seams.on_backend(b'E', b"SERROR\0C42000\0Mx\0\0")),
+            9 => drop(seams.on_backend(b'Z', b"I")),
+            10 => drop(seams.on_backend([b's', b'I'][(r >> 4) as usize % 2], b"")),
+            _ => drop(seams.on_backend(b'C', &junk)),
+        }
+    }
+}
