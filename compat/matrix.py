@@ -28,6 +28,7 @@ MEANING = {
     "cancel": "the driver's cancel of pg_sleep(30) gives 57014 within 10 s; connection reusable",
     "listen_notify": "NOTIFY from another connection reaches a LISTENing one",
     "blocked_truncate_42501": "TRUNCATE blocked by pgward: SQLSTATE 42501 in the driver's error type; table intact",
+    "soft_delete_rowcount": "DELETE of one row on a soft-delete table: the driver's own count API says 1 (JDBC executeUpdate, psycopg rowcount, node rowCount, asyncpg status, ...); the row is still there, marked deleted_at/deleted_by",
     "pipeline": "psycopg pipeline mode, including an error inside the pipeline",
     "server_cursor": "psycopg named (server-side) cursor, 1000 rows in batches of 100",
     "pipelined_prepares": "asyncpg pool running 20 prepared queries concurrently",

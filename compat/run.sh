@@ -111,8 +111,10 @@ psql_admin() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PG_PORT
 COMPAT_USER=compat_app
 COMPAT_PASSWORD='compat-Secret_1'
 psql_admin -d postgres -c "CREATE ROLE $COMPAT_USER LOGIN PASSWORD '$COMPAT_PASSWORD'"
+DBS=()
 for d in "${DRIVERS[@]}"; do
   db=compat_${d//-/_}
+  DBS+=("$db")
   psql_admin -d postgres -c "CREATE DATABASE $db OWNER $COMPAT_USER"
   psql_admin -d "$db" -U "$COMPAT_USER" <"$COMPAT/schema.sql"
 done
@@ -141,7 +143,17 @@ key_file = "$WORK/server.key"
 listen = ""
 [log]
 level = "warn"
+# DELETE on items becomes an UPDATE that marks the row; the driver still sees DELETE n.
+[[policy.soft_delete]]
+table = "public.items"
+deleted_by = "deleted_by"
+[soft_delete_check]
+databases = [$(printf '"%s",' "${DBS[@]}")]
+[soft_delete_check.credentials]
+user = "$COMPAT_USER"
+password_env = "PGWARD_CHECK_PASSWORD"
 EOF
+export PGWARD_CHECK_PASSWORD=$COMPAT_PASSWORD
 "$PGWARD" run --config "$WORK/pgward.toml" 2>"$WORK/pgward.log" &
 PIDS+=($!)
 for _ in $(seq 100); do

@@ -86,4 +86,11 @@ if echo "$out" | grep -q 'ERROR:  42501: pgward' && [ "$n" -gt 0 ]; then
 else
   fail blocked_truncate_42501 "$out / rows: $n"
 fi
+out=$($COMPAT_PG_BIN/psql -X -c 'delete from items where id = 50' 2>&1)
+row=$($PSQL -c 'select deleted_at is not null, deleted_by from items where id = 50' 2>&1)
+if [ "$out" = "DELETE 1" ] && [ "$row" = "t|$PGUSER" ]; then
+  ok soft_delete_rowcount
+else
+  fail soft_delete_rowcount "$out / row: $row"
+fi
 exit $failed

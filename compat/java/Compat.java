@@ -182,6 +182,19 @@ public class Compat {
             expect(scalar(conn, "select count(*) from items") > 0, "items is empty");
         });
 
+        check("soft_delete_rowcount", () -> {
+            try (PreparedStatement ps = conn.prepareStatement("delete from items where id = ?")) {
+                ps.setInt(1, 50);
+                int n = ps.executeUpdate();
+                expect(n == 1, "executeUpdate returned " + n);
+            }
+            try (Statement s = conn.createStatement();
+                 ResultSet rs = s.executeQuery("select deleted_at is not null, deleted_by from items where id = 50")) {
+                expect(rs.next() && rs.getBoolean(1) && System.getenv("PGUSER").equals(rs.getString(2)),
+                        "row not marked as deleted");
+            }
+        });
+
         check("batch_insert", () -> {
             try (PreparedStatement ps = conn.prepareStatement("insert into items (id, name) values (?, ?)")) {
                 for (int i = 200; i < 250; i++) {

@@ -108,6 +108,12 @@ async function main() {
       const r = await client.query('select count(*)::int as n from items');
       expect(r.rows[0].n > 0, 'items is empty');
     },
+    soft_delete_rowcount: async () => {
+      const r = await client.query('delete from items where id = $1', [50]);
+      expect(r.command === 'DELETE' && r.rowCount === 1, `${r.command} ${r.rowCount}`);
+      const s = await client.query('select deleted_at is not null as gone, deleted_by from items where id = 50');
+      expect(s.rows.length === 1 && s.rows[0].gone && s.rows[0].deleted_by === process.env.PGUSER, JSON.stringify(s.rows));
+    },
     cursor: async () => {
       await client.query('begin');
       const cursor = client.query(new Cursor('select g from generate_series(1, 1000) g'));

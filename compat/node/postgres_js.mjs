@@ -110,6 +110,12 @@ const checks = {
     const [r] = await sql`select count(*)::int as n from items`;
     expect(r.n > 0, 'items is empty');
   },
+  soft_delete_rowcount: async () => {
+    const r = await sql`delete from items where id = ${50}`;
+    expect(r.command === 'DELETE' && r.count === 1, `${r.command} ${r.count}`);
+    const s = await sql`select deleted_at is not null as gone, deleted_by from items where id = 50`;
+    expect(s.length === 1 && s[0].gone && s[0].deleted_by === process.env.PGUSER, JSON.stringify(s));
+  },
   cursor: async () => {
     let total = 0;
     await sql.begin(async (tx) => {

@@ -140,6 +140,13 @@ async def blocked_truncate():
     expect(await conn.fetchval("select count(*) from items") > 0, "items is empty")
 
 
+async def soft_delete_rowcount():
+    status = await conn.execute("delete from items where id = $1", 50)
+    expect(status == "DELETE 1", status)
+    row = await conn.fetchrow("select deleted_at is not null as gone, deleted_by from items where id = 50")
+    expect(row is not None and row["gone"] and row["deleted_by"] == os.environ["PGUSER"], f"row after delete: {row}")
+
+
 async def pipelined_prepares():
     # Several statements prepared and run concurrently on one connection are
     # queued by asyncpg; a pool of two connections runs them interleaved.
@@ -167,6 +174,7 @@ async def main():
         ("cancel", cancel),
         ("listen_notify", listen_notify),
         ("blocked_truncate_42501", blocked_truncate),
+        ("soft_delete_rowcount", soft_delete_rowcount),
         ("pipelined_prepares", pipelined_prepares),
     ]:
         if conn is None and name != "scram_tls":

@@ -117,6 +117,14 @@ def blocked_truncate():
     expect(n > 0, "items is empty")
 
 
+def soft_delete_rowcount():
+    cur = conn.execute("delete from items where id = %s", (50,))
+    expect(cur.rowcount == 1, f"rowcount {cur.rowcount}")
+    expect(cur.statusmessage == "DELETE 1", cur.statusmessage)
+    row = conn.execute("select deleted_at is not null, deleted_by from items where id = 50").fetchone()
+    expect(row == (True, conn.info.user), f"row after delete: {row}")
+
+
 def pipeline():
     with conn.pipeline():
         curs = [conn.execute("select %s::int + 1", (i,)) for i in range(5)]
@@ -155,6 +163,7 @@ for name, fn in [
     ("cancel", cancel),
     ("listen_notify", listen_notify),
     ("blocked_truncate_42501", blocked_truncate),
+    ("soft_delete_rowcount", soft_delete_rowcount),
     ("pipeline", pipeline),
     ("server_cursor", server_cursor),
 ]:

@@ -63,6 +63,26 @@ pub async fn run(checks: &mut Checks) {
     checks
         .run("blocked_truncate_42501", blocked_truncate(c))
         .await;
+    checks.run("soft_delete_rowcount", soft_delete(c)).await;
+}
+
+async fn soft_delete(c: &mut PgConnection) -> Res {
+    let done = sqlx::query("delete from items where id = $1")
+        .bind(50i32)
+        .execute(&mut *c)
+        .await?;
+    expect(
+        done.rows_affected() == 1,
+        format!("rows_affected {}", done.rows_affected()),
+    )?;
+    let (gone, by): (bool, Option<String>) =
+        sqlx::query_as("select deleted_at is not null, deleted_by from items where id = 50")
+            .fetch_one(&mut *c)
+            .await?;
+    expect(
+        gone && by.as_deref() == Some(env("PGUSER").as_str()),
+        format!("{gone} {by:?}"),
+    )
 }
 
 async fn simple_query(c: &mut PgConnection) -> Res {

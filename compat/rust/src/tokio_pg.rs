@@ -97,6 +97,7 @@ pub async fn run(checks: &mut Checks) {
     checks
         .run("blocked_truncate_42501", blocked_truncate(c))
         .await;
+    checks.run("soft_delete_rowcount", soft_delete(c)).await;
     checks.run("binary_types", binary_types(c)).await;
 }
 
@@ -235,6 +236,24 @@ async fn blocked_truncate(c: &Client) -> Res {
     expect(
         count(c, "select count(*) from items").await? > 0,
         "items is empty",
+    )
+}
+
+async fn soft_delete(c: &Client) -> Res {
+    let n = c
+        .execute("delete from items where id = $1", &[&50i32])
+        .await?;
+    expect(n == 1, format!("execute returned {n}"))?;
+    let row = c
+        .query_one(
+            "select deleted_at is not null, deleted_by from items where id = 50",
+            &[],
+        )
+        .await?;
+    let (gone, by): (bool, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+    expect(
+        gone && by.as_deref() == Some(env("PGUSER").as_str()),
+        format!("{gone} {by:?}"),
     )
 }
 
