@@ -6,6 +6,7 @@
 //! `logging`.
 
 pub mod admin;
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod logging;

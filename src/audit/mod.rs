@@ -1,0 +1,6 @@
+//! Audit trail: event pipeline and sinks.
+
+pub mod http_client;
+pub mod http_sink;
+pub mod sink_metrics;
+pub mod spool;
