@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,10 +59,7 @@ const MAX_REPLY: usize = 64 * 1024;
 
 impl HttpClient {
     pub fn new(s: &ClientSettings) -> Result<HttpClient, String> {
-        let uri: Uri = s
-            .url
-            .parse()
-            .map_err(|e| format!("url {:?}: {e}", s.url))?;
+        let uri: Uri = s.url.parse().map_err(|e| format!("url {:?}: {e}", s.url))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
@@ -77,27 +73,12 @@ impl HttpClient {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            match &s.tls_ca_file {
-                Some(ca) => {
-                    for cert in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("{}: unusable CA: {e}", ca.display()))?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("url {:?}: bad TLS server name: {e}", s.url))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            Some((
+                super::net_tls::connector(s.tls_ca_file.as_deref(), None)?,
+                name,
+            ))
         } else {
             None
         };
@@ -175,9 +156,10 @@ impl HttpClient {
             Some(s) if !s.is_closed() => s,
             _ => self.connect().await?,
         };
-        let reply = sender.send_request(req).await.map_err(|e| {
-            PostError::Retryable(format!("POST {}: {e}", self.target()))
-        })?;
+        let reply = sender
+            .send_request(req)
+            .await
+            .map_err(|e| PostError::Retryable(format!("POST {}: {e}", self.target())))?;
         let status = reply.status();
         let text = Limited::new(reply.into_body(), MAX_REPLY)
             .collect()
@@ -214,7 +196,8 @@ impl HttpClient {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| retry("connecting to", &e))?;
-        tcp.set_nodelay(true).map_err(|e| retry("configuring", &e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| retry("configuring", &e))?;
         match &self.tls {
             None => handshake(TokioIo::new(tcp)).await,
             Some((connector, name)) => {

@@ -125,7 +125,10 @@ impl HttpSinkConfig {
     /// headers and token source).
     pub fn validate(&self) -> Result<(), String> {
         if self.timeout_ms == 0 {
-            return Err(format!("audit sink {:?}: timeout_ms must be positive", self.name));
+            return Err(format!(
+                "audit sink {:?}: timeout_ms must be positive",
+                self.name
+            ));
         }
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             return Err(format!(

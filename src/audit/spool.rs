@@ -57,7 +57,10 @@ impl Spool {
                 fs::remove_file(item.path()).map_err(|e| err("remove partial batch", e))?;
                 continue;
             }
-            let Some(seq) = name.strip_suffix(SUFFIX).and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(seq) = name
+                .strip_suffix(SUFFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             let size = item.metadata().map_err(|e| err("stat", e))?.len();
@@ -222,7 +225,17 @@ mod tests {
         let mut s = Spool::open(dir.path(), 8).unwrap();
         s.push(b"12345").unwrap();
         let e = s.push(b"6789").unwrap_err();
-        assert!(matches!(e, SpoolError::Full { bytes: 5, max: 8, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                SpoolError::Full {
+                    bytes: 5,
+                    max: 8,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
