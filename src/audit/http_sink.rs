@@ -272,6 +272,7 @@ impl HttpSink {
         }
         let body = encode(batch);
         let m = sink_metrics();
+        let mut refused = false;
         if self.shared.spool_is_empty() {
             let mut backoff = self.shared.backoff;
             for attempt in 0..=self.retries {
@@ -286,7 +287,8 @@ impl HttpSink {
                         m.errors.with_label_values(&[&self.shared.name]).inc();
                         tracing::warn!(sink = %self.shared.name, error = %e, attempt,
                             "audit HTTP sink: POST failed");
-                        if matches!(e, PostError::Permanent(_)) || attempt == self.retries {
+                        refused = matches!(e, PostError::Permanent(_));
+                        if refused || attempt == self.retries {
                             break;
                         }
                         tokio::time::sleep(backoff.step()).await;
@@ -295,6 +297,23 @@ impl HttpSink {
             }
         }
         let n = batch.len() as u64;
+        if refused {
+            // Refused for good: kept aside on disk (and counted), not retried.
+            let path = self
+                .shared
+                .with_spool(move |s| {
+                    let seq = s.push(&body)?;
+                    s.reject(seq)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("audit sink {:?}: {e}", self.shared.name))?;
+            m.rejected_events
+                .with_label_values(&[&self.shared.name])
+                .inc_by(n);
+            tracing::error!(sink = %self.shared.name, kept = %path.display(),
+                "audit HTTP sink: the receiver refused a batch; kept it aside");
+            return Ok(());
+        }
         self.shared
             .with_spool(move |s| s.push(&body).map(|_| ()))
             .await

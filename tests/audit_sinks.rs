@@ -1,0 +1,408 @@
+//! The network audit sinks against real receivers: an HTTP server that goes
+//! down and comes back, the harness's PostgreSQL, syslog listeners over
+//! UDP, TCP and TLS. Events here are well-formed JSON lines built by the
+//! test; tests/audit_sinks_e2e.rs drives the same sinks through pgward.
+
+mod common;
+mod receivers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{cluster, fresh_database, proxy_config, start_proxy, SCRAM_PW, SCRAM_USER};
+use pgward::audit::http_sink::{HttpSink, HttpSinkConfig};
+use pgward::audit::postgres_sink::{protect_table, PostgresSink, PostgresSinkConfig};
+use pgward::audit::syslog_sink::{SyslogSink, SyslogSinkConfig, Transport};
+use receivers::{HttpReceiver, SyslogListener};
+
+/// `n` events numbered from `from`; the SQL field carries characters every
+/// encoding must survive (quotes, backslash, tab, newline, non-ASCII).
+fn events(from: usize, n: usize) -> Vec<Arc<str>> {
+    (from..from + n)
+        .map(|i| {
+            let v = serde_json::json!({
+                "v": 1,
+                "id": format!("ev{i:08}"),
+                "time": "2026-11-23T13:00:00.000001Z",
+                "type": "statement",
+                "verdict": if i % 7 == 0 { "blocked" } else { "allowed" },
+                "seq": i,
+                "sql": format!("SELECT 'it''s\\ \t{i}\n' AS \"ünï\""),
+            });
+            Arc::from(v.to_string())
+        })
+        .collect()
+}
+
+fn seqs(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn http_config(url: &str, spool: &std::path::Path) -> HttpSinkConfig {
+    let mut c = HttpSinkConfig::new(url, spool);
+    c.retries = 1;
+    c.backoff_initial_ms = 20;
+    c.backoff_max_ms = 200;
+    c.timeout_ms = 2_000;
+    c
+}
+
+#[tokio::test]
+async fn http_sink_posts_gzipped_ndjson_with_configured_headers_and_token() {
+    let rx = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut cfg = http_config(&rx.url("/ingest"), &dir.path().join("spool"));
+    cfg.token_file = Some(token);
+    cfg.headers
+        .insert("x-scope-orgid".into(), "tenant-7".into());
+    let mut sink = HttpSink::start(&cfg).unwrap();
+    let batch = events(0, 20);
+    sink.deliver(&batch).await.unwrap();
+    sink.deliver(&events(20, 5)).await.unwrap();
+
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2, "one POST per batch");
+    let r = &reqs[0];
+    assert!(r.gzipped);
+    let header = |k: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("authorization"), Some("Bearer s3cret-token"));
+    assert_eq!(header("x-scope-orgid"), Some("tenant-7"));
+    assert_eq!(header("content-type"), Some("application/x-ndjson"));
+    let want: Vec<String> = batch.iter().map(|e| e.to_string()).collect();
+    assert_eq!(r.body.lines().collect::<Vec<_>>(), want);
+    assert_eq!(sink.spooled(), 0);
+    assert!(
+        !format!("{cfg:?}").contains("s3cret"),
+        "the token is read from a file, not held in the config"
+    );
+}
+
+#[tokio::test]
+async fn http_sink_spools_while_the_receiver_is_down_and_replays_in_order() {
+    let mut rx = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = HttpSink::start(&http_config(&rx.url("/in"), dir.path())).unwrap();
+    sink.deliver(&events(0, 10)).await.unwrap();
+    rx.down().await;
+
+    // While the receiver is down, deliver keeps answering Ok (spooled and
+    // fsynced) and does not wait for the receiver.
+    let t = Instant::now();
+    for b in 0..30 {
+        sink.deliver(&events(10 + b * 10, 10)).await.unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "spooling took {:?}",
+        t.elapsed()
+    );
+    assert!(sink.spooled() >= 29, "spooled {}", sink.spooled());
+    assert_eq!(rx.lines().len(), 10);
+    let spooled_files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "batch")
+        })
+        .count();
+    assert!(spooled_files >= 29);
+
+    rx.up().await;
+    // New batches queue behind the spooled ones.
+    sink.deliver(&events(310, 10)).await.unwrap();
+    let lines = rx.wait_lines(320, Duration::from_secs(30)).await;
+    assert_eq!(
+        seqs(&lines),
+        (0..320).collect::<Vec<u64>>(),
+        "every event, once, in order"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.spooled() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.spooled(), 0);
+}
+
+#[tokio::test]
+async fn http_sink_spool_survives_a_crash_and_is_replayed_by_the_next_start() {
+    let mut rx = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = http_config(&rx.url("/in"), dir.path());
+    rx.down().await;
+    {
+        let mut sink = HttpSink::start(&cfg).unwrap();
+        for b in 0..5 {
+            sink.deliver(&events(b * 4, 4)).await.unwrap();
+        }
+        assert_eq!(sink.spooled(), 5);
+        // Dropped without any shutdown: only the disk remains.
+    }
+    rx.up().await;
+    let mut sink = HttpSink::start(&cfg).unwrap();
+    sink.deliver(&events(20, 4)).await.unwrap();
+    let lines = rx.wait_lines(24, Duration::from_secs(20)).await;
+    assert_eq!(seqs(&lines), (0..24).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn http_sink_retries_server_errors_and_sets_refused_batches_aside() {
+    let rx = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = http_config(&rx.url("/in"), dir.path());
+    cfg.gzip = false;
+    cfg.retries = 3;
+    let mut sink = HttpSink::start(&cfg).unwrap();
+
+    // Two 503s, then the retry goes through: no spooling needed.
+    rx.fail_next(2, 503);
+    sink.deliver(&events(0, 3)).await.unwrap();
+    assert_eq!(seqs(&rx.lines()), [0, 1, 2]);
+    assert_eq!(sink.spooled(), 0);
+    assert!(!rx.requests()[0].gzipped);
+
+    // A 400 is final: the batch is kept in rejected/, later ones flow.
+    rx.fail_next(1, 400);
+    sink.deliver(&events(3, 2)).await.unwrap();
+    sink.deliver(&events(5, 2)).await.unwrap();
+    let lines = rx.wait_lines(5, Duration::from_secs(10)).await;
+    assert_eq!(seqs(&lines), [0, 1, 2, 5, 6]);
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("rejected"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        seqs(&rejected[0].lines().map(str::to_string).collect::<Vec<_>>()),
+        [3, 4]
+    );
+}
+
+fn pg_sink_config(db: &str) -> PostgresSinkConfig {
+    PostgresSinkConfig {
+        name: "pg".into(),
+        database: db.into(),
+        table: "pgward_audit.audit_events".into(),
+        user: "postgres".into(),
+        password_file: None,
+        password_env: Some("PGWARD_TEST_AUDIT_PG_PW".into()),
+        connect_timeout_ms: 5_000,
+    }
+}
+
+fn upstream() -> pgward::config::UpstreamConfig {
+    proxy_config().upstream
+}
+
+#[tokio::test]
+async fn postgres_sink_copies_batches_into_a_created_table_and_dedupes_redelivery() {
+    std::env::set_var("PGWARD_TEST_AUDIT_PG_PW", common::SUPERUSER_PW);
+    let h = cluster();
+    let db = fresh_database("audit_pg_sink");
+    let mut sink = PostgresSink::new(&pg_sink_config(&db), &upstream()).unwrap();
+    let first = events(0, 50);
+    sink.deliver(&first).await.unwrap();
+    // The pipeline offers a batch again when a reply was lost: stored once.
+    let mut again = first[40..].to_vec();
+    again.extend(events(50, 10));
+    sink.deliver(&again).await.unwrap();
+
+    let out = h
+        .pg
+        .psql(
+            &db,
+            "SELECT count(*), count(DISTINCT id), min(event->>'seq'), max((event->>'seq')::int) FROM pgward_audit.audit_events",
+        )
+        .unwrap();
+    assert_eq!(out.trim(), "60|60|0|59");
+    // The JSON survives COPY escaping byte for byte (as jsonb).
+    let sql =
+        h.pg.psql(
+            &db,
+            "SELECT event->>'sql' FROM pgward_audit.audit_events WHERE id = 'ev00000003'",
+        )
+        .unwrap();
+    assert_eq!(sql, "SELECT 'it''s\\ \t3\n' AS \"ünï\"\n");
+
+    // The sink's connection dies: the next batch fails, the one after
+    // reconnects (the pipeline re-offers the failed one).
+    h.pg.psql(
+        &db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgward' AND datname = current_database()",
+    )
+    .unwrap();
+    let next = events(60, 5);
+    if sink.deliver(&next).await.is_err() {
+        sink.deliver(&next).await.unwrap();
+    }
+    let out =
+        h.pg.psql(&db, "SELECT count(*) FROM pgward_audit.audit_events")
+            .unwrap();
+    assert_eq!(out.trim(), "65");
+}
+
+#[tokio::test]
+async fn the_audit_table_cannot_be_changed_through_pgward() {
+    std::env::set_var("PGWARD_TEST_AUDIT_PG_PW", common::SUPERUSER_PW);
+    let h = cluster();
+    let db = fresh_database("audit_pg_protect");
+    let sink_cfg = pg_sink_config(&db);
+    let mut sink = PostgresSink::new(&sink_cfg, &upstream()).unwrap();
+    sink.deliver(&events(0, 3)).await.unwrap();
+    h.pg.psql(
+        &db,
+        "GRANT USAGE ON SCHEMA pgward_audit TO PUBLIC; GRANT ALL ON pgward_audit.audit_events TO PUBLIC;",
+    )
+    .unwrap();
+
+    let mut cfg = proxy_config();
+    // Even with TRUNCATE allowed in general (say, for a migration role), the
+    // audit table stays protected by its own rule.
+    cfg.policy.rules.truncate = Some(pgward::policy::config::BuiltinRuleConfig {
+        action: Some(pgward::policy::Action::Allow),
+        ..Default::default()
+    });
+    protect_table(&mut cfg.policy, &sink_cfg.name, &sink_cfg.table);
+    let proxy = start_proxy(cfg).await;
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={SCRAM_USER} password={SCRAM_PW} dbname={db}",
+            proxy.addrs[0].port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        "DELETE FROM pgward_audit.audit_events WHERE id = 'ev00000001'",
+        "UPDATE pgward_audit.audit_events SET type = 'x' WHERE id = 'ev00000001'",
+        "TRUNCATE pgward_audit.audit_events",
+        "INSERT INTO pgward_audit.audit_events (id, time, type, event) VALUES ('forged', now(), 'statement', '{}')",
+        "WITH d AS (DELETE FROM pgward_audit.audit_events WHERE id <> '' RETURNING 1) SELECT count(*) FROM d",
+    ] {
+        let e = client.batch_execute(sql).await.expect_err(sql);
+        let db_err = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+        assert_eq!(db_err.code().code(), "42501", "{sql}");
+        assert!(db_err.message().contains("audit_table_protected_pg"), "{}", db_err.message());
+    }
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM pgward_audit.audit_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "reads are allowed and nothing changed");
+}
+
+fn syslog_config(transport: Transport, addr: std::net::SocketAddr) -> SyslogSinkConfig {
+    SyslogSinkConfig {
+        name: "syslog".into(),
+        transport,
+        address: addr.to_string(),
+        facility: "auth".into(),
+        hostname: Some("pgward-test".into()),
+        app_name: "pgward".into(),
+        max_message_bytes: 8192,
+        timeout_ms: 5_000,
+        tls_ca_file: None,
+        tls_server_name: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+    }
+}
+
+/// Each message is an RFC 5424 header and the event's JSON, unchanged.
+fn check_syslog(messages: &[String], sent: &[Arc<str>]) {
+    assert_eq!(messages.len(), sent.len());
+    let pid = std::process::id();
+    for (m, e) in messages.iter().zip(sent) {
+        let blocked = e.contains("\"verdict\":\"blocked\"");
+        // facility auth (4): 4*8 + notice(5) / info(6)
+        let pri = if blocked { 37 } else { 38 };
+        let header =
+            format!("<{pri}>1 2026-11-23T13:00:00.000001Z pgward-test pgward {pid} statement - ");
+        assert!(m.starts_with(&header), "{m}");
+        assert_eq!(&m[header.len()..], &**e);
+    }
+}
+
+#[tokio::test]
+async fn syslog_sink_over_udp() {
+    let l = SyslogListener::udp().await;
+    let mut sink = SyslogSink::new(&syslog_config(Transport::Udp, l.addr)).unwrap();
+    let sent = events(0, 20);
+    sink.deliver(&sent).await.unwrap();
+    check_syslog(&l.wait(20, Duration::from_secs(5)).await, &sent);
+}
+
+#[tokio::test]
+async fn syslog_sink_over_tcp_with_octet_counting() {
+    let l = SyslogListener::stream(None).await;
+    let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, l.addr)).unwrap();
+    let sent = events(0, 200);
+    sink.deliver(&sent[..150]).await.unwrap();
+    sink.deliver(&sent[150..]).await.unwrap();
+    check_syslog(&l.wait(200, Duration::from_secs(5)).await, &sent);
+}
+
+#[tokio::test]
+async fn syslog_sink_over_tls_checks_the_receiver_certificate() {
+    let h = cluster();
+    let l = SyslogListener::stream(Some((&h.server_cert, &h.server_key))).await;
+    let mut cfg = syslog_config(Transport::Tls, l.addr);
+    cfg.tls_ca_file = Some(h.ca_cert.clone());
+    cfg.tls_server_name = Some("localhost".into());
+    let mut sink = SyslogSink::new(&cfg).unwrap();
+    let sent = events(0, 30);
+    sink.deliver(&sent).await.unwrap();
+    check_syslog(&l.wait(30, Duration::from_secs(5)).await, &sent);
+
+    // Without our CA (public roots only) the handshake fails: an error,
+    // not a plaintext fallback.
+    cfg.tls_ca_file = None;
+    let mut sink = SyslogSink::new(&cfg).unwrap();
+    let e = sink.deliver(&events(30, 1)).await.unwrap_err();
+    assert!(format!("{e:#}").contains("certificate"), "{e:#}");
+    assert_eq!(l.messages().len(), 30);
+}
+
+#[tokio::test]
+async fn syslog_sink_reports_a_dead_receiver_and_reconnects() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, port)).unwrap();
+    let e = sink.deliver(&events(0, 1)).await.unwrap_err();
+    assert!(format!("{e:#}").contains(&port.to_string()), "{e:#}");
+    let l = SyslogListener::stream(None).await;
+    let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, l.addr)).unwrap();
+    sink.deliver(&events(0, 2)).await.unwrap();
+    drop(l);
+    // The receiver is gone: the sink notices (on this write or the next).
+    let mut failed = false;
+    for _ in 0..20 {
+        if sink.deliver(&events(2, 1)).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failed, "writes to a closed receiver must fail");
+}
