@@ -25,9 +25,11 @@ fn events(from: usize, n: usize) -> Vec<Arc<str>> {
                 "id": format!("ev{i:08}"),
                 "time": "2026-11-23T13:00:00.000001Z",
                 "type": "statement",
-                "verdict": if i % 7 == 0 { "blocked" } else { "allowed" },
                 "seq": i,
-                "sql": format!("SELECT 'it''s\\ \t{i}\n' AS \"ünï\""),
+                "statement": {
+                    "verdict": if i % 7 == 0 { "blocked" } else { "allowed" },
+                    "sql": format!("SELECT 'it''s\\ \t{i}\n' AS \"ünï\""),
+                },
             });
             Arc::from(v.to_string())
         })
@@ -235,7 +237,7 @@ async fn postgres_sink_copies_batches_into_a_created_table_and_dedupes_redeliver
     let sql =
         h.pg.psql(
             &db,
-            "SELECT event->>'sql' FROM pgward_audit.audit_events WHERE id = 'ev00000003'",
+            "SELECT event->'statement'->>'sql' FROM pgward_audit.audit_events WHERE id = 'ev00000003'",
         )
         .unwrap();
     assert_eq!(sql, "SELECT 'it''s\\ \t3\n' AS \"ünï\"\n");

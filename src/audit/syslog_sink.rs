@@ -145,11 +145,16 @@ fn host_port(address: &str) -> Result<(String, u16), String> {
 }
 
 /// The fields of an event the syslog header needs.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Peek {
     #[serde(rename = "type")]
     kind: Option<String>,
     time: Option<String>,
+    statement: Option<PeekStatement>,
+}
+
+#[derive(Deserialize)]
+struct PeekStatement {
     verdict: Option<String>,
 }
 
@@ -175,12 +180,9 @@ impl Formatter {
 
     /// One message (without transport framing).
     pub fn format(&self, event: &str) -> String {
-        let peek: Peek = serde_json::from_str(event).unwrap_or(Peek {
-            kind: None,
-            time: None,
-            verdict: None,
-        });
-        let severity = match (peek.kind.as_deref(), peek.verdict.as_deref()) {
+        let peek: Peek = serde_json::from_str(event).unwrap_or_default();
+        let verdict = peek.statement.as_ref().and_then(|s| s.verdict.as_deref());
+        let severity = match (peek.kind.as_deref(), verdict) {
             (Some("alert"), _) => 4,
             (_, Some("blocked")) => 5,
             _ => 6,
@@ -384,7 +386,7 @@ mod tests {
     fn messages_follow_rfc5424_with_severity_from_the_event() {
         let f = Formatter::new(&cfg(Transport::Udp));
         let pid = std::process::id();
-        let ev = r#"{"type":"statement","time":"2026-11-23T13:00:00.123456Z","verdict":"blocked"}"#;
+        let ev = r#"{"type":"statement","time":"2026-11-23T13:00:00.123456Z","statement":{"verdict":"blocked"}}"#;
         assert_eq!(
             f.format(ev),
             format!("<133>1 2026-11-23T13:00:00.123456Z db-proxy-1 pgward {pid} statement - {ev}")
