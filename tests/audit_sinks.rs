@@ -26,6 +26,7 @@ fn events(from: usize, n: usize) -> Vec<Arc<str>> {
                 "time": "2026-11-23T13:00:00.000001Z",
                 "type": "statement",
                 "seq": i,
+                "hash": format!("h{i}"),
                 "statement": {
                     "verdict": if i % 7 == 0 { "blocked" } else { "allowed" },
                     "sql": format!("SELECT 'it''s\\ \t{i}\n' AS \"ünï\""),
@@ -156,11 +157,25 @@ async fn http_sink_spool_survives_a_crash_and_is_replayed_by_the_next_start() {
         assert_eq!(sink.spooled(), 5);
         // Dropped without any shutdown: only the disk remains.
     }
+    // The next start continues the hash chain from the spooled events.
+    let sink = HttpSink::start(&cfg).unwrap();
+    assert_eq!(sink.last_hash().as_deref(), Some("h19"));
+    drop(sink);
     rx.up().await;
     let mut sink = HttpSink::start(&cfg).unwrap();
     sink.deliver(&events(20, 4)).await.unwrap();
     let lines = rx.wait_lines(24, Duration::from_secs(20)).await;
     assert_eq!(seqs(&lines), (0..24).collect::<Vec<u64>>());
+    // With the spool drained, the last accepted event is remembered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.spooled() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sink);
+    assert_eq!(
+        HttpSink::start(&cfg).unwrap().last_hash().as_deref(),
+        Some("h23")
+    );
 }
 
 #[tokio::test]
@@ -201,9 +216,11 @@ fn pg_sink_config(db: &str) -> PostgresSinkConfig {
         name: "pg".into(),
         database: db.into(),
         table: "pgward_audit.audit_events".into(),
-        user: "postgres".into(),
-        password_file: None,
-        password_env: Some("PGWARD_TEST_AUDIT_PG_PW".into()),
+        credentials: pgward::pgclient::CredentialsConfig {
+            user: "postgres".into(),
+            password_file: None,
+            password_env: Some("PGWARD_TEST_AUDIT_PG_PW".into()),
+        },
         connect_timeout_ms: 5_000,
     }
 }

@@ -170,6 +170,7 @@ impl Backoff {
 
 struct Shared {
     name: String,
+    spool_dir: PathBuf,
     client: HttpClient,
     spool: Mutex<Spool>,
     wake: Notify,
@@ -194,6 +195,10 @@ impl Shared {
         })
         .await?
         .map_err(anyhow::Error::from)
+    }
+
+    fn last_event_path(&self) -> PathBuf {
+        self.spool_dir.join("last_event")
     }
 
     fn spool_is_empty(&self) -> bool {
@@ -233,6 +238,7 @@ impl HttpSink {
             .set(spool.len() as i64);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
+            spool_dir: cfg.spool_dir.clone(),
             client,
             spool: Mutex::new(spool),
             wake: Notify::new(),
@@ -281,6 +287,7 @@ impl HttpSink {
                         m.delivered_events
                             .with_label_values(&[&self.shared.name])
                             .inc_by(batch.len() as u64);
+                        self.remember_last(batch);
                         return Ok(());
                     }
                     Err(e) => {
@@ -312,6 +319,7 @@ impl HttpSink {
                 .inc_by(n);
             tracing::error!(sink = %self.shared.name, kept = %path.display(),
                 "audit HTTP sink: the receiver refused a batch; kept it aside");
+            self.remember_last(batch);
             return Ok(());
         }
         self.shared
@@ -321,17 +329,37 @@ impl HttpSink {
         m.spooled_events
             .with_label_values(&[&self.shared.name])
             .inc_by(n);
+        self.remember_last(batch);
         self.shared.wake.notify_one();
         Ok(())
     }
 
-    /// The newest event this sink accepted and still holds (the last line of
-    /// the newest spooled batch), to continue a hash chain after a restart.
-    pub fn last_spooled_event(&self) -> Option<String> {
-        let spool = self.shared.spool.lock().unwrap_or_else(|p| p.into_inner());
-        let body = spool.back().ok()??;
-        let text = String::from_utf8(body).ok()?;
-        text.lines().last().map(str::to_string)
+    /// The chain hash of the newest event this sink accepted: from the
+    /// newest spooled batch, else from `<spool_dir>/last_event` (written,
+    /// not fsynced, after every accepted batch). None starts a new chain.
+    pub fn last_hash(&self) -> Option<String> {
+        let spooled = {
+            let spool = self.shared.spool.lock().unwrap_or_else(|p| p.into_inner());
+            spool.back().ok().flatten()
+        };
+        let line = match spooled {
+            Some(body) => String::from_utf8(body).ok()?.lines().last()?.to_string(),
+            None => std::fs::read_to_string(self.shared.last_event_path()).ok()?,
+        };
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+        v.get("hash")?.as_str().map(str::to_string)
+    }
+
+    fn remember_last(&self, batch: &[Arc<str>]) {
+        let Some(last) = batch.last() else { return };
+        let path = self.shared.last_event_path();
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, last.as_bytes()).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(sink = %self.shared.name, error = %e,
+                "audit HTTP sink: cannot record the last event (a restart starts a new chain)");
+        }
     }
 }
 

@@ -43,9 +43,9 @@ pub struct PostgresSinkConfig {
     /// `schema.table`; both parts plain identifiers (letters, digits, `_`).
     #[serde(default = "default_table")]
     pub table: String,
-    pub user: String,
-    pub password_file: Option<std::path::PathBuf>,
-    pub password_env: Option<String>,
+    /// pgward's own login (INSERT and CREATE on the schema; see the module doc).
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
 }
@@ -59,18 +59,10 @@ impl PostgresSinkConfig {
         if self.database.is_empty() {
             return Err(format!("audit sink {:?}: database is empty", self.name));
         }
-        self.credentials()
+        self.credentials
             .resolve()
             .map(|_| ())
             .map_err(|e| format!("audit sink {:?}: {e}", self.name))
-    }
-
-    fn credentials(&self) -> CredentialsConfig {
-        CredentialsConfig {
-            user: self.user.clone(),
-            password_file: self.password_file.clone(),
-            password_env: self.password_env.clone(),
-        }
     }
 }
 
@@ -157,11 +149,7 @@ impl PostgresSink {
     }
 
     async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let creds = self
-            .cfg
-            .credentials()
-            .resolve()
-            .map_err(anyhow::Error::msg)?;
+        let creds = self.cfg.credentials.resolve().map_err(anyhow::Error::msg)?;
         let client = pgclient::connect(
             &self.upstream,
             &creds,
@@ -187,6 +175,36 @@ impl PostgresSink {
             anyhow::anyhow!("preparing {}: {}", self.cfg.table, pgclient::describe(&e))
         })?;
         Ok(client)
+    }
+
+    /// Connect now (creating the table) and read the chain hash of the
+    /// newest stored event, to continue the chain after a restart. A
+    /// database that is down gives None (a new chain) and a warning; the
+    /// sink keeps trying on every delivery.
+    pub async fn resume(&mut self) -> Option<String> {
+        if self.client.is_none() {
+            match self.connect().await {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    tracing::warn!(sink = %self.cfg.name, error = %e,
+                        "audit postgres sink: cannot read the last event; starting a new chain");
+                    return None;
+                }
+            }
+        }
+        let client = self.client.as_ref()?;
+        let sql = format!(
+            "SELECT event->>'hash' FROM {} ORDER BY id DESC LIMIT 1",
+            self.qualified
+        );
+        match client.query_opt(&sql, &[]).await {
+            Ok(row) => row.and_then(|r| r.get::<_, Option<String>>(0)),
+            Err(e) => {
+                tracing::warn!(sink = %self.cfg.name, error = %pgclient::describe(&e),
+                    "audit postgres sink: cannot read the last event; starting a new chain");
+                None
+            }
+        }
     }
 
     /// COPY the batch in one transaction; Ok once committed. On any error
