@@ -274,6 +274,9 @@ async fn postgres_sink_copies_batches_into_a_created_table_and_dedupes_redeliver
         h.pg.psql(&db, "SELECT count(*) FROM pgward_audit.audit_events")
             .unwrap();
     assert_eq!(out.trim(), "65");
+    // A restarted pgward continues the chain from the newest stored event.
+    let mut restarted = PostgresSink::new(&pg_sink_config(&db), &upstream()).unwrap();
+    assert_eq!(restarted.resume().await.as_deref(), Some("h64"));
 }
 
 #[tokio::test]
