@@ -95,6 +95,57 @@ async fn http_sink_posts_gzipped_ndjson_with_configured_headers_and_token() {
 }
 
 #[tokio::test]
+async fn http_sink_speaks_https_and_verifies_the_receiver() {
+    let h = cluster();
+    let rx = HttpReceiver::start_tls(&h.server_cert, &h.server_key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = rx.url("/in").replace("127.0.0.1", "localhost");
+    let mut cfg = http_config(&url, &dir.path().join("ok"));
+    cfg.tls_ca_file = Some(h.ca_cert.clone());
+    let mut sink = HttpSink::start(&cfg).unwrap();
+    sink.deliver(&events(0, 3)).await.unwrap();
+    assert_eq!(seqs(&rx.lines()), [0, 1, 2]);
+    assert_eq!(sink.spooled(), 0);
+
+    // Public roots only: the test CA is unknown, nothing is sent in clear;
+    // the batch waits in the spool.
+    let mut cfg = http_config(&url, &dir.path().join("untrusted"));
+    cfg.retries = 0;
+    let mut sink = HttpSink::start(&cfg).unwrap();
+    sink.deliver(&events(3, 1)).await.unwrap();
+    assert_eq!(sink.spooled(), 1);
+    assert_eq!(rx.lines().len(), 3);
+}
+
+#[tokio::test]
+async fn mass_delete_webhook_posts_the_alert_and_retries() {
+    use pgward::audit::mass_delete::{Webhook, WebhookConfig};
+    let rx = HttpReceiver::start().await;
+    std::env::set_var("PGWARD_TEST_WEBHOOK_TOKEN", "hook-token");
+    let cfg: WebhookConfig = toml::from_str(&format!(
+        "url = \"{}\"\ntoken_env = \"PGWARD_TEST_WEBHOOK_TOKEN\"\nretries = 2\n",
+        rx.url("/hook")
+    ))
+    .unwrap();
+    let hook = Webhook::new(&cfg).unwrap();
+    rx.fail_next(1, 502);
+    hook.notify(Arc::from(
+        r#"{"type":"alert","alert":{"kind":"mass_deletion"}}"#,
+    ));
+    let lines = rx.wait_lines(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        lines,
+        [r#"{"type":"alert","alert":{"kind":"mass_deletion"}}"#]
+    );
+    let r = &rx.requests()[0];
+    assert!(!r.gzipped);
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer hook-token"));
+}
+
+#[tokio::test]
 async fn http_sink_spools_while_the_receiver_is_down_and_replays_in_order() {
     let mut rx = HttpReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();

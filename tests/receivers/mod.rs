@@ -43,29 +43,42 @@ pub struct HttpReceiver {
     pub addr: SocketAddr,
     state: Arc<State>,
     tasks: Option<JoinSet<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl HttpReceiver {
     pub async fn start() -> HttpReceiver {
+        Self::start_with(None).await
+    }
+
+    /// HTTPS with the given certificate and key.
+    pub async fn start_tls(cert: &Path, key: &Path) -> HttpReceiver {
+        Self::start_with(Some(acceptor(cert, key))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> HttpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut r = HttpReceiver {
             addr,
             state: Arc::new(State::default()),
             tasks: None,
+            tls,
         };
         r.serve(listener);
         r
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn serve(&mut self, listener: TcpListener) {
         let mut tasks = JoinSet::new();
         let state = self.state.clone();
         let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let tls = self.tls.clone();
         tasks.spawn(async move {
             let _keep = conns.clone();
             loop {
@@ -73,11 +86,20 @@ impl HttpReceiver {
                     continue;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 conns.lock().unwrap().spawn(async move {
                     let svc = service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                        Some(a) => {
+                            if let Ok(s) = a.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -192,6 +214,20 @@ async fn handle(
     ))))
 }
 
+fn acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    let certs = pgward::tls::load_certs(cert).unwrap();
+    let key = pgward::tls::load_key(key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 /// A syslog listener collecting whole messages.
 pub struct SyslogListener {
     pub addr: SocketAddr,
@@ -229,19 +265,7 @@ impl SyslogListener {
 
     /// TCP, or TLS with the harness server certificate when `tls` is given.
     pub async fn stream(tls: Option<(&Path, &Path)>) -> SyslogListener {
-        let acceptor = tls.map(|(cert, key)| {
-            let certs = pgward::tls::load_certs(cert).unwrap();
-            let key = pgward::tls::load_key(key).unwrap();
-            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-        });
+        let acceptor = tls.map(|(cert, key)| acceptor(cert, key));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
