@@ -1,0 +1,21 @@
+-- DML: INSERT/UPDATE/DELETE/MERGE with RETURNING, upserts, CTEs.
+CREATE TABLE stock (sku text PRIMARY KEY, qty int NOT NULL, price numeric(8,2));
+INSERT INTO stock VALUES ('a', 1, 1.50), ('b', 2, 2.25), ('c', 3, NULL);
+INSERT INTO stock VALUES ('d', 4, 4.00) RETURNING *;
+INSERT INTO stock SELECT 'g' || g, g, g * 1.1 FROM generate_series(1, 20) g;
+INSERT INTO stock VALUES ('a', 10, 9.99) ON CONFLICT (sku) DO UPDATE SET qty = stock.qty + excluded.qty RETURNING sku, qty;
+INSERT INTO stock VALUES ('a', 10, 9.99) ON CONFLICT DO NOTHING;
+UPDATE stock SET qty = qty * 2 WHERE sku LIKE 'g%' AND qty < 5;
+UPDATE stock SET price = 0 WHERE sku = 'zz';
+UPDATE stock SET price = price + 1 WHERE sku IN ('a', 'b') RETURNING sku, price;
+DELETE FROM stock WHERE sku = 'c' RETURNING sku, qty, price;
+DELETE FROM stock WHERE qty > 100;
+WITH moved AS (DELETE FROM stock WHERE sku LIKE 'g1%' RETURNING *) SELECT count(*), sum(qty) FROM moved;
+WITH up AS (UPDATE stock SET qty = 0 WHERE sku = 'g2' RETURNING sku) INSERT INTO stock SELECT sku || '-copy', 7, NULL FROM up RETURNING sku;
+MERGE INTO stock s USING (VALUES ('a', 5), ('new', 6)) AS v(sku, qty) ON s.sku = v.sku WHEN MATCHED THEN UPDATE SET qty = v.qty WHEN NOT MATCHED THEN INSERT VALUES (v.sku, v.qty, NULL);
+SELECT * FROM stock ORDER BY sku;
+SELECT sku, qty, price FROM stock WHERE price IS NULL ORDER BY sku;
+SELECT count(*), sum(qty), avg(price), max(sku) FROM stock;
+VALUES (1, 'one'), (2, 'two');
+SELECT * FROM stock WHERE false;
+TABLE stock;

@@ -1,0 +1,26 @@
+-- Errors of many kinds: every field of the ErrorResponse must match.
+CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, age int CHECK (age >= 0), boss int REFERENCES people (id));
+INSERT INTO people VALUES (1, 'ada', 36, NULL);
+SELEC 1;
+SELECT * FROM no_such_table;
+SELECT no_such_column FROM people;
+INSERT INTO people VALUES (1, 'dup', 1, NULL);
+INSERT INTO people VALUES (2, NULL, 1, NULL);
+INSERT INTO people VALUES (3, 'neg', -1, NULL);
+INSERT INTO people VALUES (4, 'orphan', 1, 42);
+DELETE FROM people WHERE id = 1 AND EXISTS (SELECT 1 FROM people p WHERE p.boss = 1);
+SELECT 'abc'::int;
+SELECT 2147483647::int + 1;
+SELECT 1.0 / 0;
+SELECT '2024-02-30'::date;
+SELECT repeat('x', -1), substr('abc', 1, -1);
+SELECT * FROM people WHERE id = 'x';
+SELECT ARRAY[1, 2][3], (ARRAY[1, 2])[3];
+DO $$ BEGIN RAISE EXCEPTION 'custom failure %', 42 USING ERRCODE = 'P0001', HINT = 'a hint', DETAIL = 'some detail'; END $$;
+DO $$ BEGIN RAISE NOTICE 'just a notice'; RAISE WARNING 'and a warning'; END $$;
+SELECT pg_sleep(-1);
+SELECT 1 FROM people HAVING;
+CREATE TABLE people (x int);
+SELECT $1;
+SELECT 'unterminated;
+SELECT * FROM people ORDER BY id;
