@@ -1,12 +1,14 @@
 //! Differential SQL harness (issue #8): every script in
 //! `tests/differential_corpus/` runs once directly against PostgreSQL and once
 //! through pgward (policy in monitor mode, so every statement is classified
-//! but none is blocked), each time in a fresh database, in two modes:
+//! but none is blocked), each time in a fresh database, in three modes:
 //!
 //! - `simple`: each statement as a Query message, results in text;
 //! - `extended`: Parse/Bind (all results binary)/Describe/Execute with a row
 //!   limit (so large results come back in PortalSuspended batches), Flush,
-//!   and Sync once the statement is done.
+//!   and Sync once the statement is done;
+//! - `pipelined`: the whole script in the extended protocol, written before
+//!   any reply is read (one Sync per statement).
 //!
 //! The backend messages must be the same: command tags, RowDescription
 //! (names, types, formats), DataRows byte for byte, errors with every field,
@@ -79,6 +81,9 @@ fn parse_script(text: &str) -> Vec<Statement> {
 enum Mode {
     Simple,
     Extended,
+    /// The whole script sent at once (each statement Parse/Bind/Describe/
+    /// Execute/[COPY data]/Sync) before reading any reply.
+    Pipelined,
 }
 
 /// Bind of the unnamed statement to the unnamed portal, all results binary.
@@ -94,6 +99,14 @@ fn bind_binary() -> Vec<u8> {
 /// `then_flush`: in the extended protocol the server holds the COPY's
 /// CommandComplete in its buffer until a Flush (or Sync) arrives.
 async fn send_copy_data(conn: &mut Raw, data: &Option<String>, then_flush: bool) {
+    let mut out = copy_messages(data);
+    if then_flush {
+        out.extend(flush());
+    }
+    conn.send(&out).await;
+}
+
+fn copy_messages(data: &Option<String>) -> Vec<u8> {
     let data = data.as_deref().unwrap_or("");
     let mut out = Vec::new();
     // Several CopyData messages, as drivers send them.
@@ -101,10 +114,7 @@ async fn send_copy_data(conn: &mut Raw, data: &Option<String>, then_flush: bool)
         out.extend(copy_data(chunk));
     }
     out.extend(copy_done());
-    if then_flush {
-        out.extend(flush());
-    }
-    conn.send(&out).await;
+    out
 }
 
 async fn read(conn: &mut Raw, transcript: &mut Vec<Msg>) -> u8 {
@@ -121,6 +131,7 @@ async fn read(conn: &mut Raw, transcript: &mut Vec<Msg>) -> u8 {
 async fn run_statement(conn: &mut Raw, stmt: &Statement, mode: Mode) -> Vec<Msg> {
     let mut t = Vec::new();
     match mode {
+        Mode::Pipelined => unreachable!("pipelined scripts are sent whole"),
         Mode::Simple => {
             conn.send(&query(&stmt.sql)).await;
             loop {
@@ -209,9 +220,33 @@ struct Transcript {
 async fn run_script(addr: SocketAddr, db: &str, script: &[Statement], mode: Mode) -> Transcript {
     let (mut conn, startup) = Raw::connect(addr, CLEAR_USER, CLEAR_PW, db).await;
     let mut statements = Vec::new();
-    for stmt in script {
-        let msgs = run_statement(&mut conn, stmt, mode).await;
-        statements.push((stmt.sql.clone(), normalise(&msgs)));
+    if let Mode::Pipelined = mode {
+        // Outside COPY mode the server ignores CopyData/CopyDone, so a COPY
+        // that fails before it starts leaves the pipeline in step.
+        let mut all = Vec::new();
+        for stmt in script {
+            all.extend(cat(&[
+                parse("", &stmt.sql, &[]),
+                bind_binary(),
+                describe(b'P', ""),
+                execute("", 0),
+            ]));
+            if stmt.copy_data.is_some() {
+                all.extend(copy_messages(&stmt.copy_data));
+            }
+            all.extend(sync());
+        }
+        conn.send(&all).await;
+        for stmt in script {
+            let mut t = Vec::new();
+            while read(&mut conn, &mut t).await != b'Z' {}
+            statements.push((stmt.sql.clone(), normalise(&t)));
+        }
+    } else {
+        for stmt in script {
+            let msgs = run_statement(&mut conn, stmt, mode).await;
+            statements.push((stmt.sql.clone(), normalise(&msgs)));
+        }
     }
     conn.send(&terminate()).await;
     Transcript {
@@ -220,7 +255,7 @@ async fn run_script(addr: SocketAddr, db: &str, script: &[Statement], mode: Mode
     }
 }
 
-/// Runs `file` directly and through pgward in both modes; panics with the
+/// Runs `file` directly and through pgward in every mode; panics with the
 /// first differing statement.
 async fn differential(file: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -236,7 +271,7 @@ async fn differential(file: &str) {
     cfg.policy.mode = pgward::policy::Mode::Monitor;
     let proxy = start_proxy(cfg).await;
 
-    for mode in [Mode::Simple, Mode::Extended] {
+    for mode in [Mode::Simple, Mode::Extended, Mode::Pipelined] {
         let prefix = format!("diff_{}_{mode:?}", file.trim_end_matches(".sql"));
         let want = run_script(direct, &fresh_database(&prefix), &script, mode).await;
         let got = run_script(proxy.addrs[0], &fresh_database(&prefix), &script, mode).await;
