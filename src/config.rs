@@ -39,6 +39,7 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub audit: crate::audit::AuditConfig,
     /// Served by `/policy` from the file's own `[policy]` table.
     #[serde(skip_serializing)]
     pub policy: crate::policy::PolicyConfig,
@@ -304,6 +305,7 @@ impl Config {
                 .parse::<SocketAddr>()
                 .map_err(|e| format!("admin.listen: {listen:?} is not an address:port ({e})"))?;
         }
+        self.audit.validate()?;
         if self.limits.max_client_connections == 0 {
             return Err("limits.max_client_connections must be at least 1".into());
         }

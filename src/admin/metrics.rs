@@ -40,6 +40,7 @@ pub struct Metrics {
     pub config_last_reload_timestamp: IntGauge,
     pub shutting_down: IntGauge,
     pub build_info: IntGaugeVec,
+    pub audit: crate::audit::metrics::AuditMetrics,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -193,6 +194,7 @@ impl Metrics {
                 "1 once a graceful shutdown has started.",
             ),
             build_info,
+            audit: crate::audit::metrics::AuditMetrics::register(&r),
             registry: r,
         };
         let mut m = m;

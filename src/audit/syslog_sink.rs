@@ -212,7 +212,7 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-type Stream = Box<dyn AsyncWrite + Send + Unpin>;
+type Stream = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
 enum Conn {
     Udp(UdpSocket),

@@ -1,0 +1,299 @@
+//! The audit event, schema version 1 (`docs/audit-events.md` documents every
+//! field). One JSON object per event; the hash-chain fields `prev` and
+//! `hash` are appended per sink by [`super::chain`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::time;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Statement,
+    Connection,
+    Auth,
+    Policy,
+    Alert,
+}
+
+/// One audit event. Fields that do not apply to its type are left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u32,
+    /// Unique and sortable: 13 hex digits of µs since the epoch (strictly
+    /// increasing within a process) and 6 of a per-process random tag.
+    pub id: String,
+    /// RFC 3339 UTC with microseconds; the same instant as `id`.
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// Who the client is beyond the Postgres user (JWT / certificate claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<BTreeMap<String, String>>,
+    /// Context settings pgward pinned for the session (`app.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertInfo>,
+    /// Hash chain (present in delivered events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditVerdict {
+    Allowed,
+    Blocked,
+    Rewritten,
+    Monitored,
+}
+
+impl AuditVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditVerdict::Allowed => "allowed",
+            AuditVerdict::Blocked => "blocked",
+            AuditVerdict::Rewritten => "rewritten",
+            AuditVerdict::Monitored => "monitored",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatementInfo {
+    /// `simple` (Query), `extended` (Parse/Bind/Execute) or `function_call`.
+    pub protocol: String,
+    /// Statement kind as the policy names it (`select`, `delete`, …).
+    pub kind: String,
+    /// pgAudit class: READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET.
+    pub class: String,
+    /// Tables read, written, truncated or dropped, schema-qualified when
+    /// the statement qualified them.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    pub verdict: AuditVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The SQL as received (literals redacted unless configured otherwise).
+    pub sql: String,
+    /// The SQL as sent to the server, when it differs from `sql`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_sent: Option<String>,
+    /// SHA-256 (first 16 hex digits) of the normalised, literal-free SQL.
+    pub fingerprint: String,
+    /// Bind parameter values (only with `audit.log_parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Option<String>>>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// `ok`, `error`, or `skipped` (never executed: an earlier statement of
+    /// the same message or pipeline failed).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// From receipt of the message to its CommandComplete/ErrorResponse.
+    pub duration_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// `open` or `close`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_from_client: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_to_client: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statements: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthInfo {
+    /// `success` or `failure`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// `reload`.
+    pub action: String,
+    /// `ok` or `failed`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertInfo {
+    /// What raised it, e.g. `mass_deletion`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+}
+
+impl Event {
+    /// A new event of `kind`, stamped now with a fresh id.
+    pub fn new(kind: EventType) -> Event {
+        let micros = next_micros();
+        Event {
+            v: SCHEMA_VERSION,
+            id: format!("{micros:013x}{:06x}", instance_tag()),
+            time: time::rfc3339_micros(micros),
+            kind,
+            session_id: None,
+            client_addr: None,
+            client_port: None,
+            tls: None,
+            user: None,
+            database: None,
+            application_name: None,
+            identity: None,
+            context: None,
+            statement: None,
+            connection: None,
+            auth: None,
+            policy: None,
+            alert: None,
+            prev: None,
+            hash: None,
+        }
+    }
+
+    /// The JSON body without chain fields.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("audit events always serialize")
+    }
+}
+
+static LAST_MICROS: AtomicI64 = AtomicI64::new(0);
+
+/// Now in µs, strictly greater than every value returned before in this
+/// process, so ids are unique and sort in emission order.
+fn next_micros() -> i64 {
+    let now = time::now_micros();
+    let mut last = LAST_MICROS.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_MICROS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// 24 random bits per process (std's randomly seeded hasher), so two pgward
+/// processes writing in the same µs still mint distinct ids.
+fn instance_tag() -> u32 {
+    static TAG: OnceLock<u32> = OnceLock::new();
+    *TAG.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() & 0xff_ffff) as u32
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_sortable_and_match_the_time() {
+        let events: Vec<Event> = (0..1000).map(|_| Event::new(EventType::Policy)).collect();
+        for pair in events.windows(2) {
+            assert!(pair[0].id < pair[1].id);
+            assert!(pair[0].time <= pair[1].time);
+        }
+        let e = &events[0];
+        assert_eq!(e.id.len(), 19);
+        let micros = i64::from_str_radix(&e.id[..13], 16).unwrap();
+        assert_eq!(time::rfc3339_micros(micros), e.time);
+    }
+
+    #[test]
+    fn json_leaves_out_what_does_not_apply_and_reads_back() {
+        let mut e = Event::new(EventType::Auth);
+        e.user = Some("alice".into());
+        e.auth = Some(AuthInfo {
+            result: "failure".into(),
+            reason: Some("password authentication failed".into()),
+        });
+        let json = e.to_json();
+        assert!(json.starts_with("{\"v\":1,\"id\":"), "{json}");
+        assert!(
+            !json.contains("statement") && !json.contains("null"),
+            "{json}"
+        );
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.kind, EventType::Auth);
+        assert_eq!(back.auth.unwrap().result, "failure");
+    }
+}
