@@ -67,6 +67,26 @@ public class Compat {
         return "no error";
     }
 
+    /** SQLSTATE of a [insert, bad, insert] batch and which of its rows survived. */
+    static String batchOutcome(String bad, int firstId) throws Exception {
+        String state = "none ";
+        try (Statement s = conn.createStatement()) {
+            s.addBatch("insert into items (id, name) values (" + firstId + ", 'before')");
+            s.addBatch(bad);
+            s.addBatch("insert into items (id, name) values (" + (firstId + 1) + ", 'after')");
+            s.executeBatch();
+        } catch (BatchUpdateException e) {
+            SQLException cause = e.getNextException() != null ? e.getNextException() : e;
+            state = cause.getSQLState() + " ";
+        }
+        try (Statement s = conn.createStatement();
+             ResultSet rs = s.executeQuery("select coalesce(string_agg((id - " + firstId + ")::text, ',' order by id), '')"
+                     + " from items where id in (" + firstId + ", " + (firstId + 1) + ")")) {
+            rs.next();
+            return state + "kept[" + rs.getString(1) + "]";
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         System.out.println("version pgJDBC " + org.postgresql.Driver.getVersion().replace("PostgreSQL JDBC Driver ", ""));
 
@@ -207,6 +227,16 @@ public class Compat {
                 for (int c : counts) expect(c == 1, "update count " + c);
             }
             expect(scalar(conn, "select count(*) from items where id between 200 and 249") == 50, "rows missing");
+        });
+
+        check("blocked_in_batch", () -> {
+            // A blocked statement in an autocommit batch must fail like a
+            // server error in the same place: compare with 1/0 there.
+            String server = batchOutcome("select 1 / 0", 610);
+            String blocked = batchOutcome("truncate items", 600);
+            expect(blocked.startsWith("42501 "), "blocked: " + blocked);
+            expect(blocked.substring(6).equals(server.substring(6)), "blocked " + blocked + " vs server error " + server);
+            expect(scalar(conn, "select count(*) from items") > 0, "items is empty");
         });
 
         check("fetch_size_cursor", () -> {

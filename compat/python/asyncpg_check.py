@@ -162,6 +162,22 @@ async def pipelined_prepares():
         await pool.close()
 
 
+async def executemany():
+    # executemany pipelines Bind/Execute for every row, then one Sync.
+    await conn.executemany(
+        "insert into items (id, name) values ($1, $2)", [(i, f"many {i}") for i in range(300, 320)]
+    )
+    n = await conn.fetchval("select count(*) from items where id between 300 and 319")
+    expect(n == 20, f"{n} rows")
+    # A failing row aborts the whole batch (it is one implicit transaction).
+    try:
+        await conn.executemany("insert into items (id, name) values ($1, $2)", [(330, "a"), (300, "dup")])
+        raise AssertionError("duplicate key not reported")
+    except exc.UniqueViolationError:
+        pass
+    expect(await conn.fetchval("select count(*) from items where id = 330") == 0, "partial batch committed")
+
+
 async def main():
     for name, fn in [
         ("scram_tls", scram_tls),
@@ -176,6 +192,7 @@ async def main():
         ("blocked_truncate_42501", blocked_truncate),
         ("soft_delete_rowcount", soft_delete_rowcount),
         ("pipelined_prepares", pipelined_prepares),
+        ("executemany", executemany),
     ]:
         if conn is None and name != "scram_tls":
             c.report(name, RuntimeError("no connection"))

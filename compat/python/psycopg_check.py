@@ -143,6 +143,48 @@ def pipeline():
     expect(conn.execute("select 3").fetchone() == (3,), "connection unusable after pipeline error")
 
 
+def executemany():
+    # psycopg 3 runs executemany as a pipeline (libpq 14+).
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into items (id, name) values (%s, %s) returning id",
+            [(i, f"many {i}") for i in range(300, 320)],
+            returning=True,
+        )
+        ids = []
+        while True:
+            ids.append(cur.fetchone()[0])
+            if not cur.nextset():
+                break
+    expect(ids == list(range(300, 320)), str(ids))
+
+
+def blocked_in_pipeline():
+    # A blocked statement inside a pipeline must fail exactly like a server
+    # error in the same place: run the same pipeline with 1/0 instead, and
+    # compare which rows survive.
+    def attempt(bad_sql, first_id, expected_error):
+        try:
+            with conn.pipeline():
+                conn.execute("insert into items (id, name) values (%s, 'before')", (first_id,))
+                conn.execute(bad_sql)
+                conn.execute("insert into items (id, name) values (%s, 'after')", (first_id + 1,))
+            raise AssertionError(f"{bad_sql} did not fail in a pipeline")
+        except expected_error as e:
+            sqlstate = e.sqlstate
+        kept = conn.execute(
+            "select array_agg(id - %s order by id) from items where id in (%s, %s)",
+            (first_id, first_id, first_id + 1),
+        ).fetchone()[0]
+        return sqlstate, kept
+
+    server = attempt("select 1 / 0", 410, errors.DivisionByZero)
+    blocked = attempt("truncate items", 400, errors.InsufficientPrivilege)
+    expect(blocked[0] == "42501", blocked[0])
+    expect(blocked[1] == server[1], f"rows kept: blocked {blocked[1]}, server error {server[1]}")
+    expect(conn.execute("select count(*) from items").fetchone()[0] > 0, "items is empty")
+
+
 def server_cursor():
     with conn.transaction():
         with conn.cursor(name="compat_cur") as cur:
@@ -166,6 +208,8 @@ for name, fn in [
     ("soft_delete_rowcount", soft_delete_rowcount),
     ("pipeline", pipeline),
     ("server_cursor", server_cursor),
+    ("executemany", executemany),
+    ("blocked_in_pipeline", blocked_in_pipeline),
 ]:
     if conn is None and name != "scram_tls":
         c.report(name, RuntimeError("no connection"))
