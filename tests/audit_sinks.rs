@@ -264,7 +264,7 @@ async fn http_sink_retries_server_errors_and_sets_refused_batches_aside() {
 
 fn pg_sink_config(db: &str) -> PostgresSinkConfig {
     PostgresSinkConfig {
-        name: "pg".into(),
+        name: Some("pg".into()),
         database: db.into(),
         table: "pgward_audit.audit_events".into(),
         credentials: pgward::pgclient::CredentialsConfig {
@@ -351,7 +351,7 @@ async fn the_audit_table_cannot_be_changed_through_pgward() {
         action: Some(pgward::policy::Action::Allow),
         ..Default::default()
     });
-    protect_table(&mut cfg.policy, &sink_cfg.name, &sink_cfg.table);
+    protect_table(&mut cfg.policy, &sink_cfg.sink_name(), &sink_cfg.table);
     let proxy = start_proxy(cfg).await;
     let (client, conn) = tokio_postgres::connect(
         &format!(
@@ -385,7 +385,7 @@ async fn the_audit_table_cannot_be_changed_through_pgward() {
 
 fn syslog_config(transport: Transport, addr: std::net::SocketAddr) -> SyslogSinkConfig {
     SyslogSinkConfig {
-        name: "syslog".into(),
+        name: None,
         transport,
         address: addr.to_string(),
         facility: "auth".into(),

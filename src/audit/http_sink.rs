@@ -25,9 +25,6 @@ use super::spool::Spool;
 
 const NDJSON: &str = "application/x-ndjson";
 
-fn default_name() -> String {
-    "http".into()
-}
 fn default_token_header() -> String {
     "authorization".into()
 }
@@ -58,8 +55,8 @@ fn default_spool_max_bytes() -> u64 {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
-    #[serde(default = "default_name")]
-    pub name: String,
+    /// Name in metrics and logs; default: the sink's type.
+    pub name: Option<String>,
     pub url: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -86,10 +83,15 @@ pub struct HttpSinkConfig {
 }
 
 impl HttpSinkConfig {
+    /// `name`, else the sink's type.
+    pub fn sink_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "http".into())
+    }
+
     /// A config with every default, for `url` and `spool_dir`.
     pub fn new(url: &str, spool_dir: &Path) -> HttpSinkConfig {
         HttpSinkConfig {
-            name: default_name(),
+            name: None,
             url: url.into(),
             headers: BTreeMap::new(),
             token_file: None,
@@ -127,18 +129,18 @@ impl HttpSinkConfig {
         if self.timeout_ms == 0 {
             return Err(format!(
                 "audit sink {:?}: timeout_ms must be positive",
-                self.name
+                self.sink_name()
             ));
         }
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             return Err(format!(
                 "audit sink {:?}: need 0 < backoff_initial_ms <= backoff_max_ms",
-                self.name
+                self.sink_name()
             ));
         }
         HttpClient::new(&self.client_settings())
             .map(|_| ())
-            .map_err(|e| format!("audit sink {:?}: {e}", self.name))
+            .map_err(|e| format!("audit sink {:?}: {e}", self.sink_name()))
     }
 }
 
@@ -229,15 +231,15 @@ impl HttpSink {
         let client = HttpClient::new(&cfg.client_settings()).map_err(anyhow::Error::msg)?;
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
         if !spool.is_empty() {
-            tracing::info!(sink = %cfg.name, batches = spool.len(), bytes = spool.bytes(),
+            tracing::info!(sink = %cfg.sink_name(), batches = spool.len(), bytes = spool.bytes(),
                 "audit HTTP sink: replaying batches spooled before the restart");
         }
         sink_metrics()
             .spooled_batches
-            .with_label_values(&[&cfg.name])
+            .with_label_values(&[&cfg.sink_name()])
             .set(spool.len() as i64);
         let shared = Arc::new(Shared {
-            name: cfg.name.clone(),
+            name: cfg.sink_name(),
             spool_dir: cfg.spool_dir.clone(),
             client,
             spool: Mutex::new(spool),

@@ -22,9 +22,6 @@ use crate::config::UpstreamConfig;
 use crate::pgclient::{self, CredentialsConfig};
 use crate::policy::config::{Access, Action, CustomRuleConfig, PolicyConfig};
 
-fn default_name() -> String {
-    "postgres".into()
-}
 fn default_table() -> String {
     "pgward_audit.audit_events".into()
 }
@@ -36,8 +33,8 @@ fn default_connect_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
-    #[serde(default = "default_name")]
-    pub name: String,
+    /// Name in metrics and logs; default: the sink's type.
+    pub name: Option<String>,
     /// Database on the configured upstream that holds the audit table.
     pub database: String,
     /// `schema.table`; both parts plain identifiers (letters, digits, `_`).
@@ -54,15 +51,23 @@ pub struct PostgresSinkConfig {
 pub const PROTECT_RULE_PREFIX: &str = "audit_table_protected";
 
 impl PostgresSinkConfig {
+    /// `name`, else the sink's type.
+    pub fn sink_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "postgres".into())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        split_table(&self.table).map_err(|e| format!("audit sink {:?}: {e}", self.name))?;
+        split_table(&self.table).map_err(|e| format!("audit sink {:?}: {e}", self.sink_name()))?;
         if self.database.is_empty() {
-            return Err(format!("audit sink {:?}: database is empty", self.name));
+            return Err(format!(
+                "audit sink {:?}: database is empty",
+                self.sink_name()
+            ));
         }
         self.credentials
             .resolve()
             .map(|_| ())
-            .map_err(|e| format!("audit sink {:?}: {e}", self.name))
+            .map_err(|e| format!("audit sink {:?}: {e}", self.sink_name()))
     }
 }
 
@@ -123,6 +128,7 @@ pub fn protect_table(policy: &mut PolicyConfig, sink_name: &str, table: &str) {
 const COLUMNS: &str = "id, time, type, event";
 
 pub struct PostgresSink {
+    name: String,
     cfg: PostgresSinkConfig,
     upstream: UpstreamConfig,
     qualified: String,
@@ -137,6 +143,7 @@ impl PostgresSink {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let (schema, table) = split_table(&cfg.table).map_err(anyhow::Error::msg)?;
         Ok(PostgresSink {
+            name: cfg.sink_name(),
             cfg: cfg.clone(),
             upstream: upstream.clone(),
             qualified: format!("\"{schema}\".\"{table}\""),
@@ -145,7 +152,7 @@ impl PostgresSink {
     }
 
     pub fn name(&self) -> &str {
-        &self.cfg.name
+        &self.name
     }
 
     async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
@@ -186,7 +193,7 @@ impl PostgresSink {
             match self.connect().await {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
-                    tracing::warn!(sink = %self.cfg.name, error = %e,
+                    tracing::warn!(sink = %self.name, error = %e,
                         "audit postgres sink: cannot read the last event; starting a new chain");
                     return None;
                 }
@@ -200,7 +207,7 @@ impl PostgresSink {
         match client.query_opt(&sql, &[]).await {
             Ok(row) => row.and_then(|r| r.get::<_, Option<String>>(0)),
             Err(e) => {
-                tracing::warn!(sink = %self.cfg.name, error = %pgclient::describe(&e),
+                tracing::warn!(sink = %self.name, error = %pgclient::describe(&e),
                     "audit postgres sink: cannot read the last event; starting a new chain");
                 None
             }
@@ -220,15 +227,15 @@ impl PostgresSink {
         let client = self.client.as_mut().expect("connected above");
         let result = copy_batch(client, &self.qualified, data).await;
         if let Err(e) = &result {
-            tracing::warn!(sink = %self.cfg.name, error = %e, "audit postgres sink: batch not stored; reconnecting");
+            tracing::warn!(sink = %self.name, error = %e, "audit postgres sink: batch not stored; reconnecting");
             self.client = None;
         } else {
             super::sink_metrics::sink_metrics()
                 .delivered_events
-                .with_label_values(&[&self.cfg.name])
+                .with_label_values(&[&self.name])
                 .inc_by(batch.len() as u64);
         }
-        result.map_err(|e| anyhow::anyhow!("audit sink {:?}: {e}", self.cfg.name))
+        result.map_err(|e| anyhow::anyhow!("audit sink {:?}: {e}", self.name))
     }
 }
 

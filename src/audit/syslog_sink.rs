@@ -31,9 +31,6 @@ pub enum Transport {
     Tls,
 }
 
-fn default_name() -> String {
-    "syslog".into()
-}
 fn default_facility() -> String {
     "local0".into()
 }
@@ -51,8 +48,8 @@ fn default_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SyslogSinkConfig {
-    #[serde(default = "default_name")]
-    pub name: String,
+    /// Name in metrics and logs; default: the sink's type.
+    pub name: Option<String>,
     pub transport: Transport,
     /// `host:port` of the receiver.
     pub address: String,
@@ -82,8 +79,13 @@ const FACILITIES: [&str; 24] = [
 ];
 
 impl SyslogSinkConfig {
+    /// `name`, else the sink's type.
+    pub fn sink_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "syslog".into())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        let name = &self.name;
+        let name = &self.sink_name();
         facility_code(&self.facility).ok_or_else(|| {
             format!(
                 "audit sink {name:?}: unknown facility {:?} (one of {})",
@@ -220,6 +222,7 @@ enum Conn {
 }
 
 pub struct SyslogSink {
+    name: String,
     cfg: SyslogSinkConfig,
     formatter: Formatter,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
@@ -246,6 +249,7 @@ impl SyslogSink {
             None
         };
         Ok(SyslogSink {
+            name: cfg.sink_name(),
             formatter: Formatter::new(cfg),
             cfg: cfg.clone(),
             tls,
@@ -254,7 +258,7 @@ impl SyslogSink {
     }
 
     pub fn name(&self) -> &str {
-        &self.cfg.name
+        &self.name
     }
 
     async fn connect(&self) -> anyhow::Result<Conn> {
@@ -301,17 +305,17 @@ impl SyslogSink {
         match result {
             Ok(()) => {
                 m.delivered_events
-                    .with_label_values(&[&self.cfg.name])
+                    .with_label_values(&[&self.name])
                     .inc_by(batch.len() as u64);
                 Ok(())
             }
             Err(e) => {
                 // A half-written frame would corrupt the stream: start afresh.
                 self.conn = None;
-                m.errors.with_label_values(&[&self.cfg.name]).inc();
+                m.errors.with_label_values(&[&self.name]).inc();
                 Err(anyhow::anyhow!(
                     "audit sink {:?}: sending to {}: {e}",
-                    self.cfg.name,
+                    self.name,
                     self.cfg.address
                 ))
             }
@@ -328,7 +332,7 @@ impl SyslogSink {
                     let msg = self.formatter.format(e);
                     let bytes = cut(&msg, self.cfg.max_message_bytes);
                     if bytes.len() < msg.len() {
-                        tracing::warn!(sink = %self.cfg.name, bytes = msg.len(),
+                        tracing::warn!(sink = %self.name, bytes = msg.len(),
                             "audit syslog sink: UDP message cut to max_message_bytes");
                     }
                     sock.send(bytes).await?;
@@ -367,7 +371,7 @@ mod tests {
 
     fn cfg(transport: Transport) -> SyslogSinkConfig {
         SyslogSinkConfig {
-            name: "s".into(),
+            name: Some("s".into()),
             transport,
             address: "127.0.0.1:514".into(),
             facility: default_facility(),
