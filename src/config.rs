@@ -232,7 +232,7 @@ impl AdminConfig {
 impl Config {
     /// Parse and validate a config from TOML text; `path` names it in errors.
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
                 .map(|span| line_column(text, span.start))
@@ -244,6 +244,7 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
+        crate::audit::postgres_sink::protect_sink_tables(&config.audit, &mut config.policy);
         crate::policy::Policy::from_config(&config.policy).map_err(
             |e| match policy_error_location(text, &e) {
                 Some((line, column)) => ConfigError::Parse {

@@ -27,6 +27,8 @@ pub struct AuditConfig {
     pub filter: FilterConfig,
     /// No sinks: auditing is off.
     pub sinks: Vec<SinkConfig>,
+    /// `[audit.mass_delete]`: unset = no mass-deletion alerts.
+    pub mass_delete: Option<super::mass_delete::MassDeleteConfig>,
 }
 
 impl Default for AuditConfig {
@@ -40,6 +42,7 @@ impl Default for AuditConfig {
             max_sql_bytes: 16 * 1024,
             filter: FilterConfig::default(),
             sinks: Vec::new(),
+            mass_delete: None,
         }
     }
 }
@@ -83,6 +86,9 @@ impl AuditConfig {
                 SinkConfig::Syslog(c) => c.validate()?,
                 _ => {}
             }
+        }
+        if let Some(m) = &self.mass_delete {
+            m.validate()?;
         }
         Ok(())
     }
@@ -157,9 +163,9 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.name.clone().unwrap_or_else(|| "file".into()),
             SinkConfig::Stdout(c) => c.name.clone().unwrap_or_else(|| "stdout".into()),
-            SinkConfig::Http(c) => c.name.clone(),
-            SinkConfig::Postgres(c) => c.name.clone(),
-            SinkConfig::Syslog(c) => c.name.clone(),
+            SinkConfig::Http(c) => c.sink_name(),
+            SinkConfig::Postgres(c) => c.sink_name(),
+            SinkConfig::Syslog(c) => c.sink_name(),
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::event::{AlertInfo, AuditVerdict, Event, EventType};
 use super::http_client::{ClientSettings, HttpClient};
 use super::sink_metrics::sink_metrics;
 
@@ -288,6 +289,135 @@ impl Webhook {
     }
 }
 
+/// The fields of a statement event the detector reads.
+#[derive(Deserialize)]
+struct StatementPeek {
+    user: Option<String>,
+    statement: Option<StatementFields>,
+}
+
+#[derive(Deserialize)]
+struct StatementFields {
+    kind: String,
+    #[serde(default)]
+    tables: Vec<String>,
+    verdict: AuditVerdict,
+    outcome: OutcomeFields,
+}
+
+#[derive(Deserialize)]
+struct OutcomeFields {
+    status: String,
+    command_tag: Option<String>,
+    rows: Option<u64>,
+}
+
+/// The detector wired into the audit pipeline: it reads the statement
+/// events on their way to the sinks and returns the `alert` events to send
+/// after them (and calls the webhook).
+pub struct Monitor {
+    detector: Detector,
+    webhook: Option<Webhook>,
+}
+
+impl Monitor {
+    pub fn new(cfg: &MassDeleteConfig) -> anyhow::Result<Monitor> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let webhook = match &cfg.webhook {
+            Some(w) => Some(
+                Webhook::new(w).map_err(|e| anyhow::anyhow!("audit.mass_delete.webhook: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Monitor {
+            detector: Detector::new(cfg),
+            webhook,
+        })
+    }
+
+    /// Look at serialized events; alerts for the deletes among them.
+    pub fn inspect(&mut self, events: &[Arc<str>]) -> Vec<Arc<str>> {
+        let mut alerts = Vec::new();
+        let now = Instant::now();
+        for e in events {
+            // Cheap filter before parsing: only completed DELETEs matter.
+            if !e.contains("\"kind\":\"delete\"") {
+                continue;
+            }
+            let Some((table, rows, soft, user)) = deletion_of(e) else {
+                continue;
+            };
+            let d = Deletion {
+                table: &table,
+                rows,
+                soft,
+                user: &user,
+            };
+            if let Some(alert) = self.detector.observe(&d, now) {
+                alerts.push(self.raise(&alert));
+            }
+        }
+        alerts
+    }
+
+    fn raise(&self, a: &Alert) -> Arc<str> {
+        let mut ev = Event::new(EventType::Alert);
+        ev.alert = Some(AlertInfo {
+            kind: "mass_deletion".into(),
+            message: format!(
+                "{} rows deleted from {} within {} s ({} hard, {} soft; threshold {}) by {}",
+                a.rows,
+                a.table,
+                a.window_secs,
+                a.hard_rows,
+                a.soft_rows,
+                a.threshold,
+                a.users.join(", ")
+            ),
+            table: Some(a.table.clone()),
+            rows: Some(a.rows),
+            window_secs: Some(a.window_secs),
+            threshold: Some(a.threshold),
+        });
+        let json: Arc<str> = Arc::from(ev.to_json());
+        sink_metrics().mass_delete_alerts.inc();
+        crate::admin::metrics::metrics()
+            .audit
+            .events
+            .with_label_values(&["alert"])
+            .inc();
+        tracing::warn!(table = %a.table, rows = a.rows, window_secs = a.window_secs, "mass deletion");
+        if let Some(w) = &self.webhook {
+            w.notify(json.clone());
+        }
+        json
+    }
+}
+
+/// (table, rows, soft, user) of a completed DELETE statement event. The
+/// table is the first the statement names (the DELETE's target; `USING`
+/// tables come after it).
+fn deletion_of(event: &str) -> Option<(String, u64, bool, String)> {
+    let peek: StatementPeek = serde_json::from_str(event).ok()?;
+    let st = peek.statement?;
+    if st.kind != "delete" || st.outcome.status != "ok" {
+        return None;
+    }
+    let soft = match st.verdict {
+        AuditVerdict::Rewritten => true,
+        AuditVerdict::Allowed | AuditVerdict::Monitored => false,
+        AuditVerdict::Blocked => return None,
+    };
+    let rows = st
+        .outcome
+        .command_tag
+        .as_deref()
+        .and_then(deleted_rows)
+        .or(st.outcome.rows)?;
+    let table = st.tables.into_iter().next()?;
+    Some((table, rows, soft, peek.user.unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +494,45 @@ mod tests {
         }
         assert_eq!(alerts, 3);
         assert!(d.observe(&del("t", 0, false), t0).is_none());
+    }
+
+    #[test]
+    fn statement_events_feed_the_monitor_and_alerts_are_events() {
+        let mut m = Monitor::new(&MassDeleteConfig {
+            rows: 3,
+            window_secs: 60,
+            webhook: None,
+        })
+        .unwrap();
+        let ev = |verdict: &str, tag: &str, status: &str| -> Arc<str> {
+            Arc::from(
+                serde_json::json!({
+                    "v": 1, "type": "statement", "user": "app",
+                    "statement": {
+                        "kind": "delete", "tables": ["public.users", "public.banned"],
+                        "verdict": verdict, "class": "WRITE", "protocol": "simple",
+                        "sql": "DELETE FROM users USING banned WHERE …", "fingerprint": "f",
+                        "outcome": {"status": status, "command_tag": tag, "duration_us": 5}
+                    }
+                })
+                .to_string(),
+            )
+        };
+        assert!(m.inspect(&[ev("allowed", "DELETE 1", "ok")]).is_empty());
+        // Blocked and failed statements deleted nothing.
+        assert!(m.inspect(&[ev("blocked", "DELETE 9", "ok")]).is_empty());
+        assert!(m.inspect(&[ev("allowed", "DELETE 9", "error")]).is_empty());
+        let alerts = m.inspect(&[ev("rewritten", "DELETE 2", "ok")]);
+        assert_eq!(alerts.len(), 1);
+        let a: serde_json::Value = serde_json::from_str(&alerts[0]).unwrap();
+        assert_eq!(a["type"], "alert");
+        assert_eq!(a["alert"]["kind"], "mass_deletion");
+        assert_eq!(a["alert"]["table"], "public.users");
+        assert_eq!(a["alert"]["rows"], 3);
+        assert!(a["alert"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 hard, 2 soft"));
     }
 
     #[test]

@@ -58,11 +58,16 @@ impl Audit {
             inboxes.push(itx);
             tasks.push(tokio::spawn(run_sink(sink, irx)));
         }
+        let monitor = match &config.mass_delete {
+            Some(m) => Some(super::mass_delete::Monitor::new(m)?),
+            None => None,
+        };
         tasks.push(tokio::spawn(dispatch(
             rx,
             inboxes,
             config.batch_max,
             close.clone(),
+            monitor,
         )));
         Ok(Some(Arc::new(Audit {
             config: config.clone(),
@@ -177,6 +182,7 @@ async fn dispatch(
     inboxes: Vec<mpsc::Sender<Batch>>,
     batch_max: usize,
     close: Arc<Notify>,
+    mut monitor: Option<super::mass_delete::Monitor>,
 ) {
     let depth = &metrics().audit.queue_depth;
     let mut buf = Vec::with_capacity(batch_max);
@@ -199,6 +205,11 @@ async fn dispatch(
             return;
         }
         depth.set(rx.len() as i64);
+        if let Some(m) = monitor.as_mut() {
+            // Alerts follow the statement that raised them, in every sink.
+            let alerts = m.inspect(&buf);
+            buf.extend(alerts);
+        }
         let batch: Batch = buf.drain(..).collect();
         for inbox in &inboxes {
             // A sink that ended (it cannot: it retries forever) is skipped.

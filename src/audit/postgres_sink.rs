@@ -124,6 +124,16 @@ pub fn protect_table(policy: &mut PolicyConfig, sink_name: &str, table: &str) {
     });
 }
 
+/// [`protect_table`] for every `postgres` sink of `audit` (called when the
+/// config is loaded, so `run`, `check` and reloads all see the rule).
+pub fn protect_sink_tables(audit: &crate::audit::AuditConfig, policy: &mut PolicyConfig) {
+    for s in &audit.sinks {
+        if let crate::audit::SinkConfig::Postgres(c) = s {
+            protect_table(policy, &c.sink_name(), &c.table);
+        }
+    }
+}
+
 /// The columns of the audit table, in COPY order.
 const COLUMNS: &str = "id, time, type, event";
 
