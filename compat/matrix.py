@@ -37,6 +37,7 @@ MEANING = {
     "pipelined_prepares": "asyncpg pool running 20 prepared queries concurrently",
     "cursor": "portal read in batches (pg-cursor / postgres.js .cursor())",
     "batch_insert": "pgJDBC addBatch/executeBatch of 50 rows, each count 1",
+    "large_object": "pgJDBC LargeObjectManager (FunctionCall fast path, lo_* allowed by policy): 200 kB written, read back from an offset",
     "fetch_size_cursor": "pgJDBC setFetchSize(100) over 1000 rows (portal suspension)",
     "binary_types": "int8, float8, text, bytea, bool, int4[] in binary format",
     "mode_simple": "pgbench -M simple, 4 clients x 100 transactions, all in pgbench_history",

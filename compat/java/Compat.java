@@ -8,6 +8,8 @@ import org.postgresql.PGConnection;
 import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
 import org.postgresql.copy.CopyManager;
+import org.postgresql.largeobject.LargeObject;
+import org.postgresql.largeobject.LargeObjectManager;
 import org.postgresql.util.PSQLException;
 
 public class Compat {
@@ -237,6 +239,33 @@ public class Compat {
             expect(blocked.startsWith("42501 "), "blocked: " + blocked);
             expect(blocked.substring(6).equals(server.substring(6)), "blocked " + blocked + " vs server error " + server);
             expect(scalar(conn, "select count(*) from items") > 0, "items is empty");
+        });
+
+        check("large_object", () -> {
+            // LargeObjectManager uses FunctionCall messages (lo_* allowed by
+            // policy.function_call_allow in compat/run.sh).
+            byte[] data = new byte[200_000];
+            for (int i = 0; i < data.length; i++) data[i] = (byte) (i * 31);
+            byte[] tail;
+            conn.setAutoCommit(false);
+            try {
+                LargeObjectManager lom = conn.unwrap(PGConnection.class).getLargeObjectAPI();
+                long oid = lom.createLO(LargeObjectManager.READWRITE);
+                LargeObject lo = lom.open(oid, LargeObjectManager.WRITE);
+                lo.write(data);
+                lo.close();
+                lo = lom.open(oid, LargeObjectManager.READ);
+                lo.seek(1000);
+                tail = lo.read(data.length);
+                lo.close();
+                lom.delete(oid);
+                conn.commit();
+            } finally {
+                if (!conn.getAutoCommit()) conn.rollback();
+                conn.setAutoCommit(true);
+            }
+            expect(java.util.Arrays.equals(tail, java.util.Arrays.copyOfRange(data, 1000, data.length)),
+                    "read back " + tail.length + " bytes that differ");
         });
 
         check("fetch_size_cursor", () -> {

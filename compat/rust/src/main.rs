@@ -18,7 +18,16 @@ impl Checks {
     pub async fn run<F: Future<Output = Res>>(&mut self, name: &str, check: F) {
         match check.await {
             Ok(()) => println!("{name} ok"),
-            Err(e) => self.fail(name, &e.to_string()),
+            Err(e) => {
+                // tokio-postgres' Display is just "db error": add the sources.
+                let mut why = e.to_string();
+                let mut source = e.source();
+                while let Some(s) = source {
+                    why.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                self.fail(name, &why)
+            }
         }
     }
 
