@@ -54,10 +54,19 @@ check copy_in "COPY 3" "$($COMPAT_PG_BIN/psql -X -c "\\copy items (id, name) fro
 $PSQL -c "\\copy (select id, name from items where id >= 100 order by id) to '$T/out.tsv'" >/dev/null 2>&1
 if cmp -s "$T/in.tsv" "$T/out.tsv"; then ok copy_out; else fail copy_out "$(cat "$T/out.tsv")"; fi
 
+# Waits (up to 10 s) until a statement with this exact text is running.
+wait_running() {
+  for _ in $(seq 100); do
+    [ "$($PSQL -c "select count(*) from pg_stat_activity where query = '$1' and state = 'active'")" = 1 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # psql sends a CancelRequest on SIGINT.
 $PSQL -v VERBOSITY=verbose -c '\set VERBOSITY verbose' -c 'select pg_sleep(30)' >"$T/cancel.out" 2>&1 &
 pid=$!
-sleep 1
+wait_running 'select pg_sleep(30)'
 kill -INT $pid
 t0=$(date +%s)
 wait $pid
@@ -68,9 +77,9 @@ else
 fi
 
 # The listener waits in a statement; the notification arrives with its next one.
-$PSQL -c 'listen compat_chan' -c 'select pg_sleep(2)' -c 'select 1' >"$T/listen.out" 2>&1 &
+$PSQL -c 'listen compat_chan' -c 'select pg_sleep(1.5)' -c 'select 1' >"$T/listen.out" 2>&1 &
 pid=$!
-sleep 1
+wait_running 'select pg_sleep(1.5)'
 $PSQL -c "notify compat_chan, 'hello from psql'" >/dev/null 2>&1
 wait $pid
 if grep -q 'Asynchronous notification "compat_chan" with payload "hello from psql"' "$T/listen.out"; then
