@@ -44,6 +44,7 @@ fn scope() -> SessionScope {
         database: "prod".into(),
         application_name: "web".into(),
         client_addr: Some("10.0.0.7".parse().unwrap()),
+        identity: Default::default(),
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub audit: crate::audit::AuditConfig,
+    pub identity: crate::identity::IdentityConfig,
+    pub context: crate::identity::ContextConfig,
     /// Served by `/policy` from the file's own `[policy]` table.
     #[serde(skip_serializing)]
     pub policy: crate::policy::PolicyConfig,
@@ -120,6 +122,8 @@ pub struct ClientTlsConfig {
     pub mode: ClientTlsMode,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// CA whose certificates TLS clients must present (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -245,8 +249,8 @@ impl Config {
             }
         })?;
         crate::audit::postgres_sink::protect_sink_tables(&config.audit, &mut config.policy);
-        crate::policy::Policy::from_config(&config.policy).map_err(
-            |e| match policy_error_location(text, &e) {
+        crate::policy::Policy::from_config(&config.policy_config()).map_err(|e| {
+            match policy_error_location(text, &e) {
                 Some((line, column)) => ConfigError::Parse {
                     path: path.to_string(),
                     line,
@@ -257,8 +261,8 @@ impl Config {
                     path: path.to_string(),
                     message: e.to_string(),
                 },
-            },
-        )?;
+            }
+        })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),
             message,
@@ -274,8 +278,16 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
+    /// The `[policy]` table with the `[context]` protection it enforces.
+    pub fn policy_config(&self) -> crate::policy::PolicyConfig {
+        let mut p = self.policy.clone();
+        p.context = self.context.protection();
+        p
+    }
+
     /// Checks that need more than one key, or a value serde cannot check.
     pub fn validate(&self) -> Result<(), String> {
+        crate::identity::context::ContextPlan::compile(&self.context)?;
         if self.listen.addresses.is_empty() {
             return Err("listen.addresses must name at least one address".into());
         }

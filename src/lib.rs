@@ -2,13 +2,14 @@
 //!
 //! Module map (see DESIGN.md): `config` (TOML schema), `wire` (framing and the
 //! messages pgward builds), `proxy` (listener, sessions, relay, upstream),
-//! `tls` (rustls setup), `cluster` (throwaway Postgres for `demo` and tests),
+//! `identity` (who the client is, RLS context), `tls` (rustls setup), `cluster` (throwaway Postgres for `demo` and tests),
 //! `logging`.
 
 pub mod admin;
 pub mod audit;
 pub mod cluster;
 pub mod config;
+pub mod identity;
 pub mod logging;
 pub mod pgclient;
 pub mod policy;

@@ -277,12 +277,13 @@ fn explain(
     sql: &str,
 ) -> anyhow::Result<()> {
     let cfg = load_config(config.as_ref())?;
-    let policy = pgward::policy::Policy::from_config(&cfg.policy)?;
+    let policy = pgward::policy::Policy::from_config(&cfg.policy_config())?;
     let scope = pgward::policy::SessionScope {
         user,
         database,
         application_name,
         client_addr,
+        identity: Default::default(),
     };
     print!("{}", policy.explain(sql, &scope));
     Ok(())

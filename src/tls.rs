@@ -71,10 +71,21 @@ pub fn client_acceptor(
     let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
         return Ok(None);
     };
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    // With a client CA, a client that sends TLS must present a certificate it signed.
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(root_store(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| file_error(ca, e.to_string()))?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(load_certs(cert)?, load_key(key)?)?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 

@@ -12,6 +12,7 @@ fn app_scope() -> SessionScope {
         database: "prod".into(),
         application_name: "web".into(),
         client_addr: Some("10.0.0.7".parse().expect("ip")),
+        identity: Default::default(),
     }
 }
 

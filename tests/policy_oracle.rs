@@ -164,6 +164,7 @@ fn postgres_grammar_agrees_or_pgward_blocks() {
         database: "prod".into(),
         application_name: "web".into(),
         client_addr: None,
+        identity: Default::default(),
     };
     let (mut judged, mut agree, mut rejected_by_postgres) = (0, 0, 0);
     let mut unsafe_disagreements = Vec::new();

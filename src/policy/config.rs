@@ -117,6 +117,7 @@ pub struct BuiltinRules {
     pub dynamic_sql: Option<BuiltinRuleConfig>,
     pub unparsed: Option<BuiltinRuleConfig>,
     pub function_call: Option<BuiltinRuleConfig>,
+    pub context_spoofing: Option<BuiltinRuleConfig>,
 }
 
 /// One `[[policy.custom]]` rule. It matches a statement when every
@@ -192,6 +193,9 @@ pub struct PolicyConfig {
     /// `[[policy.soft_delete]]`: tables whose DELETEs become UPDATEs.
     #[serde(default)]
     pub soft_delete: Vec<super::soft_delete::SoftDeleteConfig>,
+    /// Filled from the `[context]` table (protected settings, role guard).
+    #[serde(skip)]
+    pub context: super::context::ContextProtection,
 }
 
 impl Default for PolicyConfig {
@@ -206,6 +210,7 @@ impl Default for PolicyConfig {
             rules: BuiltinRules::default(),
             custom: Vec::new(),
             soft_delete: Vec::new(),
+            context: Default::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod builtin_functions;
 pub mod cache;
 pub mod classify;
 pub mod config;
+pub mod context;
 pub mod facts;
 pub mod fold;
 pub mod lexer;
@@ -39,6 +40,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use config::{Action, Mode, PolicyConfig};
+pub use context::{ContextProtection, Identity, IdentityKind, RoleGuard};
 pub use facts::{
     AuditClass, Filter, ModOp, Modification, ObjectKind, QualifiedName, SettingChange,
     StatementFacts, StatementKind,
@@ -79,13 +81,22 @@ pub struct SessionScope {
     pub application_name: String,
     /// `None` for unix-socket clients.
     pub client_addr: Option<IpAddr>,
+    /// How pgward established who the client is.
+    pub identity: Identity,
 }
 
 impl SessionScope {
     /// Who the session acts for, as written into audit trails and soft-delete
-    /// `deleted_by` columns: the authenticated user.
+    /// `deleted_by` columns: the JWT subject or certificate CN for identities
+    /// pgward verified (their Postgres role is pgward's shared login), else
+    /// the authenticated user.
     pub fn identity_label(&self) -> &str {
-        &self.user
+        match self.identity.kind {
+            IdentityKind::Jwt | IdentityKind::Certificate if !self.identity.subject.is_empty() => {
+                &self.identity.subject
+            }
+            _ => &self.user,
+        }
     }
 }
 
@@ -354,6 +365,23 @@ impl Policy {
     /// known, so only the `function_call` rule and its scope apply).
     pub fn evaluate_function_call(&self, fn_oid: u32, scope: &SessionScope) -> Evaluation {
         let mut findings = Vec::new();
+        // set_config through the fast path writes settings like SELECT set_config.
+        if fn_oid == context::SET_CONFIG_OID {
+            if let Some(rule) = self.rules.rule("context_spoofing") {
+                if rule.scope.applies(scope) {
+                    findings.push(Finding {
+                        rule_id: rule.id.clone(),
+                        action: rule.action,
+                        what: rule
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "change of a pinned context setting".to_string()),
+                        detail: "FunctionCall of set_config (any setting name)".to_string(),
+                        hint: rule.hint.clone(),
+                    });
+                }
+            }
+        }
         let allowed = self.function_call_allow.contains(&fn_oid);
         if let Some(rule) = self.rules.rule("function_call").filter(|_| !allowed) {
             if rule.scope.applies(scope) {

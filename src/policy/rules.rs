@@ -13,6 +13,7 @@
 //! | `dynamic_sql` | DO, CREATE FUNCTION/PROCEDURE, CREATE RULE | allow (block in `strict`) |
 //! | `unparsed` | a statement that could not be classified | `on_unparsed` (block) |
 //! | `function_call` | a FunctionCall protocol message | block |
+//! | `context_spoofing` | a write of a protected context setting, or a role change by a verified identity (see [`super::context`]) | block |
 //!
 //! Custom rules (`[[policy.custom]]`) match statement kinds, table globs and
 //! function globs. Scoping (users, databases, applications, client CIDRs,
@@ -24,6 +25,7 @@ use super::config::{
     Access, Action, BuiltinRuleConfig, CustomRuleConfig, Mode, OnUnparsed, PolicyConfig, Profile,
     ScopeConfig,
 };
+use super::context::ContextProtection;
 use super::facts::{Filter, ObjectKind, QualifiedName, StatementFacts, StatementKind, KIND_NAMES};
 use super::{PolicyError, SessionScope};
 
@@ -37,6 +39,7 @@ pub const BUILTIN_RULES: &[(&str, &str)] = &[
     ("dynamic_sql", "dynamic SQL cannot be checked; run the statements directly or use an exempted role"),
     ("unparsed", "pgward could not parse this statement; simplify it or ask for an exemption"),
     ("function_call", "use SELECT function(…) instead of the fast-path FunctionCall message"),
+    ("context_spoofing", "these settings are pinned by pgward from your verified identity; reconnect with the identity you need"),
 ];
 
 /// A CIDR block, parsed by hand.
@@ -215,12 +218,16 @@ pub struct RuleSet {
     pub mode: Mode,
     pub rules: Vec<Rule>,
     pub default_schemas: Vec<String>,
+    pub context: ContextProtection,
 }
 
 impl RuleSet {
     pub fn compile(cfg: &PolicyConfig) -> Result<RuleSet, PolicyError> {
         let r = &cfg.rules;
-        let configured: [(&str, &Option<BuiltinRuleConfig>); 8] = [
+        // context_spoofing first: when it and another rule match, its
+        // message is the more useful one.
+        let configured: [(&str, &Option<BuiltinRuleConfig>); 9] = [
+            ("context_spoofing", &r.context_spoofing),
             ("truncate", &r.truncate),
             ("delete_without_where", &r.delete_without_where),
             ("update_without_where", &r.update_without_where),
@@ -259,6 +266,7 @@ impl RuleSet {
             mode: cfg.mode,
             rules,
             default_schemas: cfg.default_schemas.clone(),
+            context: cfg.context.clone(),
         })
     }
 
@@ -274,7 +282,12 @@ impl RuleSet {
             if !rule.scope.applies(s) {
                 continue;
             }
-            if let Some((what, detail)) = self.matches(rule, f) {
+            let hit = if rule.id == "context_spoofing" {
+                self.context.spoofing(f, &s.identity)
+            } else {
+                self.matches(rule, f)
+            };
+            if let Some((what, detail)) = hit {
                 out.push(Finding {
                     rule_id: rule.id.clone(),
                     action: rule.action,
@@ -285,11 +298,13 @@ impl RuleSet {
             }
         }
         // An exemption (a matching custom `allow` rule) clears everything
-        // but `unparsed` (custom rules never match unparsed facts).
+        // but `unparsed` (custom rules never match unparsed facts) and
+        // `context_spoofing` (pinned identity is exempted only by scoping
+        // that rule itself).
         if out.iter().any(|x| {
             x.action == Action::Allow && self.rule(&x.rule_id).is_some_and(|r| r.custom.is_some())
         }) {
-            out.retain(|x| x.rule_id == "unparsed");
+            out.retain(|x| x.rule_id == "unparsed" || x.rule_id == "context_spoofing");
         }
         out
     }

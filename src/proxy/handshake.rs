@@ -43,6 +43,10 @@ pub enum HandshakeError {
     ClientIo(std::io::Error),
     #[error("i/o error with the server: {0}")]
     ServerIo(std::io::Error),
+    #[error("{0}")]
+    Context(crate::identity::apply::ApplyError),
+    #[error("{0}")]
+    Login(crate::identity::login::LoginError),
 }
 
 /// Read one whole frame into the front of `buf` and split it off.
@@ -68,18 +72,38 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Forward the StartupMessage and relay authentication until ReadyForQuery.
+/// Forward the StartupMessage and relay authentication until ReadyForQuery;
+/// pin `context` (see `identity::apply`) before the client's ReadyForQuery.
 pub async fn establish(
     client: &mut ClientStream,
     server: &mut UpstreamStream,
     startup: &StartupMessage,
     seams: &mut SessionSeams,
+    context: &[(String, String)],
 ) -> Result<Established, HandshakeError> {
     server
         .write_all(&startup.raw)
         .await
         .map_err(HandshakeError::ServerIo)?;
-    let mut from_server = BytesMut::with_capacity(1024);
+    continue_startup(
+        client,
+        server,
+        BytesMut::with_capacity(1024),
+        seams,
+        context,
+    )
+    .await
+}
+
+/// The rest of the startup phase, from the server bytes in `from_server`
+/// (also used after pgward's own login for verified identities).
+pub async fn continue_startup(
+    client: &mut ClientStream,
+    server: &mut UpstreamStream,
+    mut from_server: BytesMut,
+    seams: &mut SessionSeams,
+    context: &[(String, String)],
+) -> Result<Established, HandshakeError> {
     let mut from_client = BytesMut::new();
     let mut to_client = BytesMut::with_capacity(1024);
     let mut backend_key = None;
@@ -141,6 +165,11 @@ pub async fn establish(
                 return Err(HandshakeError::ServerRejected(format!("{code} {message}")));
             }
             backend::READY_FOR_QUERY => {
+                if !context.is_empty() {
+                    crate::identity::apply::pin(server, &mut from_server, context)
+                        .await
+                        .map_err(HandshakeError::Context)?;
+                }
                 seams.on_backend(tag, body);
                 to_client.extend_from_slice(&frame);
                 flush(client, &mut to_client).await?;

@@ -38,6 +38,8 @@ pub struct Live {
     pub acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub upstream_tls: Option<UpstreamTls>,
     pub policy: Arc<Policy>,
+    /// Identity source, JWT keys and the compiled context plan.
+    pub identity: Arc<crate::identity::Runtime>,
     /// Bearer token the admin port requires (from `admin.bearer_token_file`).
     pub admin_token: Option<String>,
     /// The config file this came from, if any.
@@ -102,7 +104,9 @@ impl Live {
         config.validate().map_err(ProxyError::Invalid)?;
         let acceptor = tls::client_acceptor(&config.client_tls)?;
         let upstream_tls = tls::upstream_connector(&config.upstream.tls, &config.upstream.host)?;
-        let policy = Arc::new(Policy::from_config(&config.policy)?);
+        let policy = Arc::new(Policy::from_config(&config.policy_config())?);
+        let identity =
+            Arc::new(crate::identity::Runtime::build(&config).map_err(ProxyError::Invalid)?);
         crate::soft_delete_check::check(&config)
             .map_err(|e| ProxyError::Invalid(format!("soft delete schema check: {e}")))?;
         let admin_token = match &config.admin.bearer_token_file {
@@ -139,6 +143,7 @@ impl Live {
             acceptor,
             upstream_tls,
             policy,
+            identity,
             admin_token,
             source,
             sha256,

@@ -19,6 +19,7 @@ use super::stream::ClientStream;
 use super::{upstream, Live, Shared};
 use crate::admin::metrics::metrics;
 use crate::config::ClientTlsMode;
+use crate::identity;
 use crate::policy::SessionScope;
 use crate::wire::errors::{sqlstate, PgError};
 use crate::wire::startup::{self, StartupError, StartupMessage, StartupPacket};
@@ -131,6 +132,29 @@ async fn run(
         return;
     }
 
+    let admit = identity::admit(
+        &live.identity,
+        &live.config,
+        &mut client,
+        &startup,
+        Some(peer.ip()),
+        id,
+    );
+    let admission = match tokio::time::timeout_at(deadline, admit).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(refusal)) => {
+            m.auth_failures.with_label_values(&[refusal.label]).inc();
+            warn!(reason = %refusal.log, "connection refused by pgward's identity check");
+            send_fatal(&mut client, refusal.error).await;
+            return;
+        }
+        Err(_) => {
+            m.auth_failures.with_label_values(&["timeout"]).inc();
+            info!("connection closed: authentication timeout");
+            return;
+        }
+    };
+
     let connect = upstream::connect(&live.target, live.upstream_tls.as_ref());
     let mut server = match tokio::time::timeout(live.config.timeouts.connect(), connect).await {
         Ok(Ok(s)) => s,
@@ -173,12 +197,28 @@ async fn run(
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),
         client_addr: Some(peer.ip()),
+        identity: admission.identity.clone(),
     };
     let mut seams = SessionSeams::new(shared.policy.clone(), scope, id);
-    let established = tokio::time::timeout_at(
-        deadline,
-        handshake::establish(&mut client, &mut server, &startup, &mut seams),
-    )
+    let established = tokio::time::timeout_at(deadline, async {
+        let context = &admission.settings;
+        match &admission.login {
+            None => {
+                handshake::establish(&mut client, &mut server, &startup, &mut seams, context).await
+            }
+            Some(creds) => {
+                identity::login::establish_as(
+                    &mut client,
+                    &mut server,
+                    &startup,
+                    creds,
+                    &mut seams,
+                    context,
+                )
+                .await
+            }
+        }
+    })
     .await;
     let established = match established {
         Ok(Ok(e)) => e,
@@ -187,6 +227,26 @@ async fn run(
                 .with_label_values(&["server_rejected"])
                 .inc();
             info!(%reason, "authentication failed or connection refused by server");
+            return;
+        }
+        Ok(Err(e @ (HandshakeError::Context(_) | HandshakeError::Login(_)))) => {
+            let (label, message) = match &e {
+                HandshakeError::Context(_) => (
+                    "context_failed",
+                    "pgward: could not pin the session context",
+                ),
+                _ => (
+                    "upstream_login_failed",
+                    "pgward: could not log in to the server for this identity",
+                ),
+            };
+            m.auth_failures.with_label_values(&[label]).inc();
+            warn!(error = %e, "{message}");
+            send_fatal(
+                &mut client,
+                PgError::fatal(sqlstate::INVALID_AUTHORIZATION, message),
+            )
+            .await;
             return;
         }
         Ok(Err(e)) => {
@@ -228,6 +288,9 @@ async fn run(
     }
     info!(
         tls = client.tls_version().as_deref().unwrap_or("off"),
+        identity = admission.identity.kind.as_str(),
+        subject = %admission.identity.subject,
+        context_settings = admission.settings.len(),
         backend_pid = established.backend_key.as_ref().map(|k| k.0),
         "connection opened"
     );

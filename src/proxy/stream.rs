@@ -25,6 +25,19 @@ impl ClientStream {
             ClientStream::Plain(_) => None,
         }
     }
+
+    /// The client's verified certificate (DER), when it presented one.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            ClientStream::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+            ClientStream::Plain(_) => None,
+        }
+    }
 }
 
 /// The server side: TCP, TCP+TLS, or a unix socket.
