@@ -671,3 +671,86 @@ async fn simple_query_messages_stay_whole_under_the_rule() {
         .collect();
     assert_eq!(seen, vec!["t1", "t1"]);
 }
+
+#[tokio::test]
+async fn es256_tokens_verified_with_a_pem_public_key() {
+    let db = rls_database("id_es256");
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    let mut cfg = jwt_config(&dir, APP_ROLE, APP_PW);
+    cfg.identity.jwt.algorithms = vec!["ES256".into()];
+    cfg.identity.jwt.secret_file = None;
+    cfg.identity.jwt.public_key_file =
+        Some(write_temp(&dir, "es.pem", key.public_key_pem().as_bytes()));
+    let proxy = start_proxy(cfg).await;
+    let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let token = encode(
+        &Header::new(Algorithm::ES256),
+        &claims("dora", "t2"),
+        &signing,
+    )
+    .unwrap();
+    let c = try_connect_tls(proxy.addr(), "web", &token, &db, false)
+        .await
+        .expect("ES256 token accepted");
+    assert_eq!(tenants(&c).await, vec!["t2"]);
+    // An HS256 token is refused when only ES256 is accepted.
+    let e = try_connect_tls(
+        proxy.addr(),
+        "web",
+        &hs_token(&claims("dora", "t2")),
+        &db,
+        false,
+    )
+    .await
+    .expect_err("HS256 refused");
+    assert_eq!(code(&e), "28P01");
+}
+
+#[tokio::test]
+async fn soft_delete_records_the_jwt_subject_as_deleted_by() {
+    let db = rls_database("id_softdel");
+    cluster()
+        .pg
+        .psql(
+            &db,
+            "ALTER TABLE notes ADD COLUMN deleted_at timestamptz, ADD COLUMN deleted_by text;\n\
+             GRANT UPDATE ON notes TO PUBLIC;\n",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = jwt_config(&dir, APP_ROLE, APP_PW);
+    let policy = Config::from_toml(
+        "[[policy.soft_delete]]\ntable = \"public.notes\"\ndeleted_by = \"deleted_by\"\n",
+        "t",
+    )
+    .unwrap()
+    .policy;
+    cfg.policy = policy;
+    cfg.soft_delete_check.skip = true;
+    let proxy = start_proxy(cfg).await;
+    let c = try_connect_tls(
+        proxy.addr(),
+        "web",
+        &hs_token(&claims("erin", "t1")),
+        &db,
+        false,
+    )
+    .await
+    .expect("connect");
+    assert_eq!(
+        c.execute("DELETE FROM notes WHERE body = 'a1'", &[])
+            .await
+            .unwrap(),
+        1
+    );
+    let rows = cluster()
+        .pg
+        .psql(
+            &db,
+            "SELECT body || '=' || coalesce(deleted_by, '-') FROM notes ORDER BY id",
+        )
+        .unwrap();
+    assert!(rows.contains("a1=erin"), "{rows}");
+    assert!(rows.contains("a2=-"), "{rows}");
+}

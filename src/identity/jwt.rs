@@ -367,6 +367,29 @@ mod tests {
     }
 
     #[test]
+    fn es256_with_a_pem_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let public = dir.path().join("es.pem");
+        std::fs::write(&public, kp.public_key_pem()).unwrap();
+        let v = JwtVerifier::from_config(&JwtConfig {
+            algorithms: vec!["ES256".into()],
+            public_key_file: Some(public),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let key = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let claims = json!({"sub": "dave", "exp": now() + 60});
+        let token = encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        assert_eq!(v.verify(&token).unwrap()["sub"], "dave");
+        // Another key's signature is refused.
+        let other = rcgen::KeyPair::generate().unwrap();
+        let other = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+        let forged = encode(&Header::new(Algorithm::ES256), &claims, &other).unwrap();
+        assert!(matches!(v.verify(&forged), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
     fn configuration_mistakes_are_named() {
         let e = JwtVerifier::from_config(&JwtConfig {
             algorithms: vec!["none".into()],

@@ -89,6 +89,29 @@ pub struct Admission {
     pub claims: Option<serde_json::Value>,
 }
 
+impl Admission {
+    /// The audit event's `identity` field: kind and subject, plus the JWT's
+    /// `iss` or the certificate names (no other claims: they may be personal
+    /// data the operator did not ask to record). `None` for Postgres users.
+    pub fn audit_identity(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        if self.identity.kind == IdentityKind::PostgresUser {
+            return None;
+        }
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("kind".to_string(), self.identity.kind.as_str().to_string());
+        m.insert("subject".to_string(), self.identity.subject.clone());
+        if let Some(iss) = self.claims.as_ref().and_then(|c| c.get("iss")?.as_str()) {
+            m.insert("iss".to_string(), iss.to_string());
+        }
+        Some(m)
+    }
+
+    /// The audit event's `context` field: the settings pgward pinned.
+    pub fn audit_context(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        (!self.settings.is_empty()).then(|| self.settings.iter().cloned().collect())
+    }
+}
+
 /// A refusal: the FATAL error for the client and a reason label for metrics.
 #[derive(Debug)]
 pub struct Refusal {
@@ -226,4 +249,36 @@ pub async fn admit(
         login,
         claims,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_fields_name_the_identity_and_the_pinned_context() {
+        let a = Admission {
+            identity: Identity {
+                kind: IdentityKind::Jwt,
+                subject: "alice".into(),
+                pinned: true,
+            },
+            settings: vec![("app.tenant_id".into(), "t1".into())],
+            login: None,
+            claims: Some(serde_json::json!({"sub": "alice", "iss": "https://idp", "email": "a@x"})),
+        };
+        let id = a.audit_identity().unwrap();
+        assert_eq!(id["kind"], "jwt");
+        assert_eq!(id["subject"], "alice");
+        assert_eq!(id["iss"], "https://idp");
+        assert!(!id.contains_key("email"));
+        assert_eq!(a.audit_context().unwrap()["app.tenant_id"], "t1");
+        let plain = Admission {
+            identity: Identity::default(),
+            settings: Vec::new(),
+            login: None,
+            claims: None,
+        };
+        assert!(plain.audit_identity().is_none() && plain.audit_context().is_none());
+    }
 }

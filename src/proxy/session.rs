@@ -144,7 +144,13 @@ async fn run(
         Ok(Ok(a)) => a,
         Ok(Err(refusal)) => {
             m.auth_failures.with_label_values(&[refusal.label]).inc();
-            warn!(reason = %refusal.log, "connection refused by pgward's identity check");
+            warn!(
+                event = "auth_refused",
+                kind = refusal.label,
+                sqlstate = refusal.error.code,
+                reason = %refusal.log,
+                "connection refused by pgward's identity check"
+            );
             send_fatal(&mut client, refusal.error).await;
             return;
         }
