@@ -161,12 +161,14 @@ impl HttpClient {
             .await
             .map_err(|e| PostError::Retryable(format!("POST {}: {e}", self.target())))?;
         let status = reply.status();
-        let text = Limited::new(reply.into_body(), MAX_REPLY)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        *guard = Some(sender);
+        let text = match Limited::new(reply.into_body(), MAX_REPLY).collect().await {
+            Ok(b) => {
+                // Only a fully read reply leaves the connection reusable.
+                *guard = Some(sender);
+                String::from_utf8_lossy(&b.to_bytes()).into_owned()
+            }
+            Err(_) => String::new(),
+        };
         if status.is_success() {
             return Ok(());
         }
