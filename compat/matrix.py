@@ -1,7 +1,12 @@
 """Render compat/run.sh's results as docs/compatibility.md (driver x check)."""
 import sys
 
-results_path, versions_path, pg_version = sys.argv[1], sys.argv[2], sys.argv[3]
+results_path, versions_path, known_path, pg_version = sys.argv[1:5]
+known_why = {}
+for line in open(known_path, encoding="utf-8"):
+    if line.strip() and not line.startswith("#"):
+        d, c, why = line.rstrip("\n").split("\t", 2)
+        known_why[(d, c)] = why
 drivers, checks, cell, why = [], [], {}, {}
 for line in open(versions_path, encoding="utf-8"):
     d, _, v = line.rstrip("\n").partition("\t")
@@ -11,11 +16,12 @@ for line in open(results_path, encoding="utf-8"):
     if check not in checks:
         checks.append(check)
     cell[(d, check)] = status
-    if status == "fail":
+    if status in ("fail", "known"):
         why[(d, check)] = detail
 passed = sum(1 for s in cell.values() if s == "pass")
 failed = sum(1 for s in cell.values() if s == "fail")
-mark = {"pass": "pass", "fail": "**FAIL**"}
+known = sum(1 for s in cell.values() if s == "known")
+mark = {"pass": "pass", "fail": "**FAIL**", "known": "known failure"}
 # What each check shows (checks not listed here are printed without a line).
 MEANING = {
     "scram_tls": "login as a SCRAM user; pgward requires TLS, so a login is a TLS login",
@@ -34,7 +40,8 @@ MEANING = {
     "executemany": "executemany as the driver pipelines it (psycopg: pipeline with RETURNING; asyncpg: Bind/Execute per row, one Sync, a failing row aborts the batch)",
     "blocked_in_pipeline": "TRUNCATE inside a psycopg pipeline: 42501, and the rows before/after it end up exactly as with a server error (1/0) in its place",
     "blocked_in_batch": "TRUNCATE inside a pgJDBC executeBatch: 42501, and the rows before/after it end up exactly as with a server error (1/0) in its place",
-    "pipelined_prepares": "asyncpg pool running 20 prepared queries concurrently",
+    "concurrent_prepares": "asyncpg: 20 distinct statements prepared (Parse/Describe + Flush) and run on two connections at once",
+    "pool_release": "asyncpg Pool acquire/release three times (release sends pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL)",
     "cursor": "portal read in batches (pg-cursor / postgres.js .cursor())",
     "batch_insert": "pgJDBC addBatch/executeBatch of 50 rows, each count 1",
     "large_object": "pgJDBC LargeObjectManager (FunctionCall fast path, lo_* allowed by policy): 200 kB written, read back from an offset",
@@ -67,11 +74,16 @@ out.append("|---|" + "---|" * len(drivers))
 for c in checks:
     row = [mark.get(cell.get((d, c)), "-") for d, _ in drivers]
     out.append(f"| {c} | " + " | ".join(row) + " |")
-out += ["", f"{passed} passed, {failed} failed.", "", "## Checks", ""]
+out += ["", f"{passed} passed, {failed} failed, {known} known failures.", "", "## Checks", ""]
 out += [f"- `{c}`: {MEANING[c]}" for c in checks if c in MEANING]
 out += ["", "## Not applicable", ""]
 out += [f"- {d} / {c}: {w}" for (d, c), w in NOT_APPLICABLE.items() if d in dict(drivers)]
-if why:
+knowns = [(k, w) for k, w in why.items() if cell[k] == "known"]
+if knowns:
+    out += ["", "## Known failures", "", "Listed in `compat/known_failures.tsv`; not fixed yet.", ""]
+    out += [f"- {d} / {c}: {known_why[(d, c)]} Measured: `{w}`" for (d, c), w in knowns]
+fails = [(k, w) for k, w in why.items() if cell[k] == "fail"]
+if fails:
     out += ["", "## Failures", ""]
-    out += [f"- {d} / {c}: {w}" for (d, c), w in why.items()]
+    out += [f"- {d} / {c}: {w}" for (d, c), w in fails]
 print("\n".join(out))

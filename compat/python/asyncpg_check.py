@@ -147,19 +147,37 @@ async def soft_delete_rowcount():
     expect(row is not None and row["gone"] and row["deleted_by"] == os.environ["PGUSER"], f"row after delete: {row}")
 
 
-async def pipelined_prepares():
-    # Several statements prepared and run concurrently on one connection are
-    # queued by asyncpg; a pool of two connections runs them interleaved.
+async def concurrent_prepares():
+    # Two connections preparing and running statements at the same time;
+    # asyncpg sends Parse/Describe + Flush, waits, then Bind/Execute/Sync.
+    a, b = await connect(), await connect()
+
+    async def run(c, ids):
+        return [await c.fetchval(f"select $1::int + {i}", i) for i in ids]
+
+    try:
+        evens, odds = await asyncio.gather(run(a, range(0, 20, 2)), run(b, range(1, 20, 2)))
+        expect(evens == [2 * i for i in range(0, 20, 2)], str(evens))
+        expect(odds == [2 * i for i in range(1, 20, 2)], str(odds))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def pool_release():
+    # Pool.release() runs Connection.reset(): pg_advisory_unlock_all(),
+    # CLOSE ALL, UNLISTEN *, RESET ALL in one simple Query.
     pool = await asyncpg.create_pool(
         host=os.environ["PGHOST"], port=int(os.environ["PGPORT"]), user=os.environ["PGUSER"],
         password=os.environ["PGPASSWORD"], database=os.environ["PGDATABASE"],
-        ssl=tls_context(), min_size=2, max_size=2,
+        ssl=tls_context(), min_size=1, max_size=1,
     )
     try:
-        got = await asyncio.gather(*(pool.fetchval(f"select $1::int + {i}", i) for i in range(20)))
-        expect(got == [2 * i for i in range(20)], str(got))
+        for i in range(3):
+            async with pool.acquire() as c:
+                expect(await c.fetchval("select $1::int", i) == i, "wrong value")
     finally:
-        await pool.close()
+        pool.terminate()
 
 
 async def executemany():
@@ -191,8 +209,9 @@ async def main():
         ("listen_notify", listen_notify),
         ("blocked_truncate_42501", blocked_truncate),
         ("soft_delete_rowcount", soft_delete_rowcount),
-        ("pipelined_prepares", pipelined_prepares),
+        ("concurrent_prepares", concurrent_prepares),
         ("executemany", executemany),
+        ("pool_release", pool_release),
     ]:
         if conn is None and name != "scram_tls":
             c.report(name, RuntimeError("no connection"))
