@@ -35,6 +35,7 @@ MEANING = {
     "listen_notify": "NOTIFY from another connection reaches a LISTENing one",
     "blocked_truncate_42501": "TRUNCATE blocked by pgward: SQLSTATE 42501 in the driver's error type; table intact",
     "soft_delete_rowcount": "DELETE of one row on a soft-delete table: the driver's own count API says 1 (JDBC executeUpdate, psycopg rowcount, node rowCount, asyncpg status, ...); the row is still there, marked deleted_at/deleted_by",
+    "rls_context": "current_setting('app.current_user_id') is the user pgward pinned; a FORCE'd RLS policy on it shows only the session's rows; SET of it is blocked with 42501 and changes nothing",
     "pipeline": "psycopg pipeline mode, including an error inside the pipeline",
     "server_cursor": "psycopg named (server-side) cursor, 1000 rows in batches of 100",
     "executemany": "executemany as the driver pipelines it (psycopg: pipeline with RETURNING; asyncpg: Bind/Execute per row, one Sync, a failing row aborts the batch)",

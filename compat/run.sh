@@ -151,6 +151,10 @@ function_call_allow = ["lo_open", "lo_close", "loread", "lowrite", "lo_lseek", "
 [[policy.soft_delete]]
 table = "public.items"
 deleted_by = "deleted_by"
+# RLS context: pinned by pgward after login, not writable by the client.
+[context]
+"app.current_user_id" = "{user}"
+protect = ["app.*"]
 [soft_delete_check]
 databases = [$(printf '"%s",' "${DBS[@]}")]
 [soft_delete_check.credentials]

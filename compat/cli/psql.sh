@@ -102,4 +102,12 @@ if [ "$out" = "DELETE 1" ] && [ "$row" = "t|$PGUSER" ]; then
 else
   fail soft_delete_rowcount "$out / row: $row"
 fi
+v=$($PSQL -c "select current_setting('app.current_user_id')" 2>&1)
+rows=$($PSQL -c 'select owner from notes' 2>&1)
+spoof=$($PSQL -c '\set VERBOSITY verbose' -c "set app.current_user_id = 'intruder'" 2>&1)
+if [ "$v" = "$PGUSER" ] && [ "$rows" = "$PGUSER" ] && echo "$spoof" | grep -q 'ERROR:  42501'; then
+  ok rls_context
+else
+  fail rls_context "setting [$v] rows [$rows] spoof [$spoof]"
+fi
 exit $failed

@@ -217,6 +217,23 @@ public class Compat {
             }
         });
 
+        check("rls_context", () -> {
+            String user = System.getenv("PGUSER");
+            try (Statement s = conn.createStatement()) {
+                try (ResultSet rs = s.executeQuery("select current_setting('app.current_user_id')")) {
+                    expect(rs.next() && user.equals(rs.getString(1)), "context setting not pinned");
+                }
+                try (ResultSet rs = s.executeQuery("select owner from notes")) {
+                    expect(rs.next() && user.equals(rs.getString(1)) && !rs.next(), "RLS let through other rows");
+                }
+                String st = sqlState(() -> s.execute("set app.current_user_id = 'intruder'"));
+                expect(st.equals("42501"), "spoofing: " + st);
+                try (ResultSet rs = s.executeQuery("select current_setting('app.current_user_id')")) {
+                    expect(rs.next() && user.equals(rs.getString(1)), "context changed");
+                }
+            }
+        });
+
         check("batch_insert", () -> {
             try (PreparedStatement ps = conn.prepareStatement("insert into items (id, name) values (?, ?)")) {
                 for (int i = 200; i < 250; i++) {

@@ -114,6 +114,16 @@ async function main() {
       const s = await client.query('select deleted_at is not null as gone, deleted_by from items where id = 50');
       expect(s.rows.length === 1 && s.rows[0].gone && s.rows[0].deleted_by === process.env.PGUSER, JSON.stringify(s.rows));
     },
+    rls_context: async () => {
+      const user = process.env.PGUSER;
+      const setting = "select current_setting('app.current_user_id') as v";
+      expect((await client.query(setting)).rows[0].v === user, 'context setting not pinned');
+      const r = await client.query('select owner, body from notes');
+      expect(r.rows.length === 1 && r.rows[0].owner === user, `RLS let through ${JSON.stringify(r.rows)}`);
+      const err = await client.query("set app.current_user_id = 'intruder'").catch((e) => e);
+      expect(err.code === '42501', `spoofing: ${err.code || 'not blocked'}`);
+      expect((await client.query(setting)).rows[0].v === user, 'context changed');
+    },
     cursor: async () => {
       await client.query('begin');
       const cursor = client.query(new Cursor('select g from generate_series(1, 1000) g'));

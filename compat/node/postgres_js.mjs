@@ -116,6 +116,17 @@ const checks = {
     const s = await sql`select deleted_at is not null as gone, deleted_by from items where id = 50`;
     expect(s.length === 1 && s[0].gone && s[0].deleted_by === process.env.PGUSER, JSON.stringify(s));
   },
+  rls_context: async () => {
+    const user = process.env.PGUSER;
+    const [s] = await sql`select current_setting('app.current_user_id') as v`;
+    expect(s.v === user, 'context setting not pinned');
+    const rows = await sql`select owner, body from notes`;
+    expect(rows.length === 1 && rows[0].owner === user, `RLS let through ${JSON.stringify(rows)}`);
+    const err = await sql.unsafe("set app.current_user_id = 'intruder'").catch((e) => e);
+    expect(err.code === '42501', `spoofing: ${err.code || 'not blocked'}`);
+    const [t] = await sql`select current_setting('app.current_user_id') as v`;
+    expect(t.v === user, 'context changed');
+  },
   cursor: async () => {
     let total = 0;
     await sql.begin(async (tx) => {

@@ -147,6 +147,20 @@ async def soft_delete_rowcount():
     expect(row is not None and row["gone"] and row["deleted_by"] == os.environ["PGUSER"], f"row after delete: {row}")
 
 
+async def rls_context():
+    user = os.environ["PGUSER"]
+    setting = "select current_setting('app.current_user_id')"
+    expect(await conn.fetchval(setting) == user, "context setting not pinned")
+    rows = [tuple(r) for r in await conn.fetch("select owner, body from notes")]
+    expect(rows == [(user, "mine")], f"RLS let through {rows}")
+    try:
+        await conn.execute("set app.current_user_id = 'intruder'")
+        raise AssertionError("spoofing the context was not blocked")
+    except exc.InsufficientPrivilegeError:
+        pass
+    expect(await conn.fetchval(setting) == user, "context changed")
+
+
 async def concurrent_prepares():
     # Two connections preparing and running statements at the same time;
     # asyncpg sends Parse/Describe + Flush, waits, then Bind/Execute/Sync.
@@ -209,6 +223,7 @@ async def main():
         ("listen_notify", listen_notify),
         ("blocked_truncate_42501", blocked_truncate),
         ("soft_delete_rowcount", soft_delete_rowcount),
+        ("rls_context", rls_context),
         ("concurrent_prepares", concurrent_prepares),
         ("executemany", executemany),
         ("pool_release", pool_release),

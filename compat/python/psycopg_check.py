@@ -125,6 +125,20 @@ def soft_delete_rowcount():
     expect(row == (True, conn.info.user), f"row after delete: {row}")
 
 
+def rls_context():
+    user = conn.info.user
+    setting = "select current_setting('app.current_user_id')"
+    expect(conn.execute(setting).fetchone()[0] == user, "context setting not pinned")
+    rows = conn.execute("select owner, body from notes").fetchall()
+    expect(rows == [(user, "mine")], f"RLS let through {rows}")
+    try:
+        conn.execute("set app.current_user_id = 'intruder'")
+        raise AssertionError("spoofing the context was not blocked")
+    except errors.InsufficientPrivilege:
+        pass
+    expect(conn.execute(setting).fetchone()[0] == user, "context changed")
+
+
 def pipeline():
     with conn.pipeline():
         curs = [conn.execute("select %s::int + 1", (i,)) for i in range(5)]
@@ -206,6 +220,7 @@ for name, fn in [
     ("listen_notify", listen_notify),
     ("blocked_truncate_42501", blocked_truncate),
     ("soft_delete_rowcount", soft_delete_rowcount),
+    ("rls_context", rls_context),
     ("pipeline", pipeline),
     ("server_cursor", server_cursor),
     ("executemany", executemany),

@@ -63,6 +63,7 @@ pub async fn run(checks: &mut Checks) {
     checks
         .run("blocked_truncate_42501", blocked_truncate(c))
         .await;
+    checks.run("rls_context", rls_context(c)).await;
     checks.run("soft_delete_rowcount", soft_delete(c)).await;
 }
 
@@ -194,4 +195,26 @@ async fn blocked_truncate(c: &mut PgConnection) -> Res {
         count(c, "select count(*) from items").await? > 0,
         "items is empty",
     )
+}
+
+async fn rls_context(c: &mut PgConnection) -> Res {
+    let user = env("PGUSER");
+    let setting = "select current_setting('app.current_user_id')";
+    let v: String = sqlx::query_scalar(setting).fetch_one(&mut *c).await?;
+    expect(v == user, format!("context setting {v}"))?;
+    let owners: Vec<String> = sqlx::query_scalar("select owner from notes")
+        .fetch_all(&mut *c)
+        .await?;
+    expect(
+        owners == [user.clone()],
+        format!("RLS let through {owners:?}"),
+    )?;
+    let e = sqlx::query("set app.current_user_id = 'intruder'")
+        .execute(&mut *c)
+        .await
+        .err()
+        .ok_or("spoofing the context was not blocked")?;
+    expect(code(&e) == "42501", code(&e))?;
+    let v: String = sqlx::query_scalar(setting).fetch_one(&mut *c).await?;
+    expect(v == user, format!("context changed to {v}"))
 }

@@ -98,6 +98,7 @@ pub async fn run(checks: &mut Checks) {
         .run("blocked_truncate_42501", blocked_truncate(c))
         .await;
     checks.run("soft_delete_rowcount", soft_delete(c)).await;
+    checks.run("rls_context", rls_context(c)).await;
     checks.run("binary_types", binary_types(c)).await;
 }
 
@@ -255,6 +256,30 @@ async fn soft_delete(c: &Client) -> Res {
         gone && by.as_deref() == Some(env("PGUSER").as_str()),
         format!("{gone} {by:?}"),
     )
+}
+
+async fn rls_context(c: &Client) -> Res {
+    let user = env("PGUSER");
+    let setting = "select current_setting('app.current_user_id')";
+    let v: String = c.query_one(setting, &[]).await?.try_get(0)?;
+    expect(v == user, format!("context setting {v}"))?;
+    let rows = c.query("select owner from notes", &[]).await?;
+    let owners: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    expect(
+        owners == [user.clone()],
+        format!("RLS let through {owners:?}"),
+    )?;
+    let e = c
+        .batch_execute("set app.current_user_id = 'intruder'")
+        .await
+        .err()
+        .ok_or("spoofing the context was not blocked")?;
+    expect(
+        e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        code(&e),
+    )?;
+    let v: String = c.query_one(setting, &[]).await?.try_get(0)?;
+    expect(v == user, format!("context changed to {v}"))
 }
 
 /// tokio-postgres reads every result column in binary format.
