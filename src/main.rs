@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         what: SqlCommand,
     },
+    /// Work with audit files: verify the hash chain, query, statistics.
+    Audit {
+        #[command(subcommand)]
+        what: pgward::audit::cli::AuditCommand,
+    },
     /// Start a throwaway local Postgres and pgward in front of it.
     Demo {
         /// Config file for pgward (default: config/pgward.toml when present).
@@ -101,6 +106,15 @@ fn main() -> ExitCode {
             .transpose()
             .and_then(|upstream| run(config, listen, upstream, upstream_socket, admin_listen)),
         Command::Check { file } => return check(&file),
+        Command::Audit { what } => {
+            return match pgward::audit::cli::run(what) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("pgward audit: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Demo { config, port } => pgward_demo(config, port),
         Command::Sql {
             what: SqlCommand::SoftDelete { config },

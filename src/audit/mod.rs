@@ -10,8 +10,10 @@
 //! `mass_delete` the alerting detector.
 
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod event;
+pub mod filter;
 pub mod http_client;
 pub mod http_sink;
 pub mod mass_delete;
@@ -19,6 +21,8 @@ pub mod metrics;
 pub mod net_tls;
 pub mod pipeline;
 pub mod postgres_sink;
+pub mod redact;
+pub mod session;
 pub mod sink;
 pub mod sink_metrics;
 pub mod sinks;

@@ -74,6 +74,8 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     /// Sessions (spawned connection tasks) still running.
     pub active: watch::Sender<usize>,
+    /// The audit pipeline (started once; `[audit]` changes need a restart).
+    pub audit: Option<Arc<crate::audit::Audit>>,
     overrides: Overrides,
 }
 
@@ -194,10 +196,14 @@ impl Proxy {
                 })?;
             listeners.push(listener);
         }
+        let audit = crate::audit::Audit::start(&live.config.audit, &live.config.upstream)
+            .await
+            .map_err(|e| ProxyError::Invalid(format!("audit: {e:#}")))?;
         let m = metrics();
         m.config_last_reload_timestamp
             .set(unix_secs(live.loaded_at));
         let shared = Arc::new(Shared {
+            audit,
             policy: Arc::new(ArcSwap::new(live.policy.clone())),
             cancel: CancelRegistry::default(),
             connections: Arc::new(Semaphore::new(live.config.limits.max_client_connections)),
@@ -322,6 +328,14 @@ impl ProxyHandle {
                 error!(error = %e, "config reload failed; keeping the running config");
             }
         }
+        if let Some(audit) = &self.shared.audit {
+            let sha = self.shared.live.load().sha256.clone();
+            audit.emit_detached(&crate::audit::session::reload_event(
+                &path,
+                &sha,
+                result.as_ref().err().map(|e| e.to_string()),
+            ));
+        }
         result
     }
 
@@ -332,7 +346,18 @@ impl ProxyHandle {
         Ok(())
     }
 
+    /// The audit pipeline, when `[[audit.sinks]]` are configured.
+    pub fn audit(&self) -> Option<Arc<crate::audit::Audit>> {
+        self.shared.audit.clone()
+    }
+
     fn install(&self, live: Live) {
+        if self.shared.audit.is_some()
+            && serde_json::to_string(&self.shared.live.load().config.audit).ok()
+                != serde_json::to_string(&live.config.audit).ok()
+        {
+            warn!("[audit] changed: takes effect only after a restart");
+        }
         let old = self.shared.live.load();
         if old.config.listen.addresses != live.config.listen.addresses {
             warn!("listen.addresses changed: takes effect only after a restart");
@@ -399,8 +424,16 @@ impl ProxyHandle {
     /// Graceful shutdown: stop accepting; close sessions at their next idle
     /// point (outside a transaction, nothing outstanding) with 57P01; after
     /// `grace` close the rest with 57P01 at the next frame boundary. Returns
-    /// once every session ended (or `grace` + 5 s passed).
+    /// once every session ended (or `grace` + 5 s passed) and the audit
+    /// queue was delivered (at most 10 s more).
     pub async fn shutdown(&self, grace: Duration) {
+        self.close_sessions(grace).await;
+        if let Some(audit) = &self.shared.audit {
+            audit.shutdown(Duration::from_secs(10)).await;
+        }
+    }
+
+    async fn close_sessions(&self, grace: Duration) {
         metrics().shutting_down.set(1);
         self.shared.phase.send_if_modified(|p| {
             if *p == Phase::Running {

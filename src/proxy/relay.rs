@@ -145,6 +145,8 @@ async fn pump_frontend(
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
     let tracking = lock(seams).tracking_flag();
+    // Auditing follows every Execute back to its statement.
+    let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -167,7 +169,7 @@ async fn pump_frontend(
                 }
             };
             if SessionSeams::wants_frontend(header.tag)
-                || (tracking.load(Ordering::Relaxed)
+                || ((audit.is_some() || tracking.load(Ordering::Relaxed))
                     && SessionSeams::wants_tracked_frontend(header.tag))
             {
                 if buf.len() - pos < header.frame_len {
@@ -206,6 +208,9 @@ async fn pump_frontend(
             metrics().client_bytes_received.inc_by((pos - start) as u64);
         }
         buf.advance(pos);
+        if let Some(audit) = &audit {
+            queue_audit_events(seams, audit).await;
+        }
         if terminated {
             let _ = writer.flush().await;
             return RelayEnd::ClientTerminated;
@@ -350,6 +355,18 @@ async fn write_pair<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> std
     w.write_all(b).await
 }
 
+/// Queue the events the seams produced, outside the lock: under
+/// `on_full = "block"` this is where a session waits for the sinks.
+async fn queue_audit_events(seams: &Mutex<SessionSeams>, audit: &crate::audit::Audit) {
+    let events = match lock(seams).audit.as_deref_mut() {
+        Some(a) => a.take_events(),
+        None => return,
+    };
+    for (kind, json) in events {
+        audit.emit_json(kind, json).await;
+    }
+}
+
 async fn pump_backend(
     mut reader: ReadHalf<UpstreamStream>,
     client_write: &ClientWriter,
@@ -364,6 +381,7 @@ async fn pump_backend(
     ),
 ) -> RelayEnd {
     let mut passthrough = 0usize;
+    let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -440,6 +458,9 @@ async fn pump_backend(
             return RelayEnd::Shutdown;
         }
         buf.advance(pos);
+        if let Some(audit) = &audit {
+            queue_audit_events(seams, audit).await;
+        }
         ensure_read_space(&mut buf);
         match reader.read_buf(&mut buf).await {
             Ok(0) => return RelayEnd::ServerClosed,

@@ -27,6 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::retag::Retagger;
 use super::PolicySource;
 use crate::admin::metrics::metrics;
+use crate::audit::session::SessionAudit;
 use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
 use crate::wire::errors::PgError;
 use crate::wire::frame::{self, backend, frontend};
@@ -93,6 +94,8 @@ pub struct SessionSeams {
     in_flight: VecDeque<Instant>,
     /// Soft delete: which replies to re-tag `UPDATE n` → `DELETE n`.
     retag: Retagger,
+    /// The session's audit trail, when auditing is on.
+    pub audit: Option<Box<SessionAudit>>,
 }
 
 impl SessionSeams {
@@ -116,7 +119,19 @@ impl SessionSeams {
             group_started: None,
             in_flight: VecDeque::new(),
             retag: Retagger::default(),
+            audit: None,
         }
+    }
+
+    /// The audit side, told the session's current lexing options.
+    fn audit_mut(&mut self) -> Option<&mut SessionAudit> {
+        let lex = self.lex_options();
+        let a = self.audit.as_deref_mut()?;
+        a.lex = lex;
+        if a.info.application_name != self.scope.application_name {
+            a.info.application_name = self.scope.application_name.clone();
+        }
+        Some(a)
     }
 
     /// Set while Bind/Execute frames must reach [`Self::on_frontend`] too
@@ -201,6 +216,9 @@ impl SessionSeams {
         ) && self.policy.load().is_off()
         {
             self.retag.activate(false, 0, false);
+            if let Some(a) = self.audit_mut() {
+                a.on_unevaluated(tag, body);
+            }
             if tag == frontend::PARSE {
                 self.statements += 1;
             } else {
@@ -215,7 +233,10 @@ impl SessionSeams {
                 let policy = self.policy.load();
                 let group = self.sync_points_sent + 1;
                 self.retag.activate(policy.has_soft_delete(), group, false);
-                let eval = self.evaluate_text(&policy, frame::query_text(body), body);
+                let mut eval = self.evaluate_text(&policy, frame::query_text(body), body);
+                if let Some(a) = self.audit_mut() {
+                    eval = a.on_query(eval);
+                }
                 let action = self.apply_verdict(&eval, query_frame, query_frame);
                 if !matches!(eval.verdict, Verdict::Block(_)) {
                     policy.observe_prepared(&eval, &mut self.prepared);
@@ -239,6 +260,9 @@ impl SessionSeams {
                         self.evaluate_text(&policy, Err(reason), body),
                     ),
                 };
+                if let Some(a) = self.audit_mut() {
+                    a.on_parse(&name, &eval);
+                }
                 let action = self.apply_verdict(
                     &eval,
                     |token| parse_frame(&name, token),
@@ -261,22 +285,45 @@ impl SessionSeams {
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
                 let started = Instant::now();
-                let eval = self.policy.load().evaluate_function_call(oid, &self.scope);
+                let mut eval = self.policy.load().evaluate_function_call(oid, &self.scope);
                 record_evaluation(&eval, started);
+                if let Some(a) = self.audit_mut() {
+                    eval = a.on_function_call(eval);
+                }
                 let action = self.apply_verdict(&eval, query_frame, query_frame);
                 self.sync_points_sent += 1;
                 action
             }
-            frontend::BIND if self.retag.is_active() => {
-                self.retag.on_bind(body);
+            frontend::BIND => {
+                if let Some(a) = self.audit.as_deref_mut() {
+                    a.on_bind(body);
+                }
+                if self.retag.is_active() {
+                    self.retag.on_bind(body);
+                }
                 FrontendAction::Forward
             }
-            frontend::EXECUTE if self.retag.is_active() => {
-                self.retag.on_execute(self.sync_points_sent + 1, body);
+            frontend::EXECUTE => {
+                let refused = self.audit.as_deref_mut().and_then(|a| a.on_execute(body));
+                if let Some(block) = refused {
+                    // Refused in-band like a blocked Parse: a failing named
+                    // Parse creates nothing and fails the group here.
+                    let eval = Evaluation {
+                        statements: Vec::new(),
+                        verdict: Verdict::Block(block),
+                    };
+                    return self.apply_verdict(&eval, |t| parse_frame(t, t), query_frame);
+                }
+                if self.retag.is_active() {
+                    self.retag.on_execute(self.sync_points_sent + 1, body);
+                }
                 FrontendAction::Forward
             }
             frontend::SYNC => {
                 self.sync_points_sent += 1;
+                if let Some(a) = self.audit.as_deref_mut() {
+                    a.on_sync();
+                }
                 FrontendAction::Forward
             }
             frontend::CLOSE => {
@@ -285,6 +332,9 @@ impl SessionSeams {
                         let name = String::from_utf8_lossy(name);
                         if *kind == b'S' {
                             self.prepared.forget(&name);
+                        }
+                        if let Some(a) = self.audit.as_deref_mut() {
+                            a.on_close(*kind, &name);
                         }
                         self.retag.on_close(*kind, &name);
                     }
@@ -331,9 +381,21 @@ impl SessionSeams {
         }
     }
 
-    /// Called with every CommandComplete, ErrorResponse, ReadyForQuery and
-    /// ParameterStatus frame before it is forwarded.
+    /// Called with every frame [`Self::wants_backend`] names before it is
+    /// forwarded; the audit trail sees what the client will see.
     pub fn on_backend(&mut self, tag: u8, body: &[u8]) -> BackendAction {
+        let action = self.relay_backend(tag, body);
+        if let Some(a) = self.audit.as_deref_mut() {
+            let seen = match &action {
+                BackendAction::Replace(frame) => &frame[frame::Header::SIZE..],
+                BackendAction::Forward => body,
+            };
+            crate::audit::session::observe_backend(a, tag, seen);
+        }
+        action
+    }
+
+    fn relay_backend(&mut self, tag: u8, body: &[u8]) -> BackendAction {
         let retagged = self.retag.on_backend(self.ready_received + 1, tag, body);
         match tag {
             backend::READY_FOR_QUERY => {

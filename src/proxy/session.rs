@@ -96,6 +96,34 @@ async fn run(
         startup.param("application_name").unwrap_or(""),
     );
 
+    let audit_info = shared
+        .audit
+        .as_ref()
+        .map(|_| crate::audit::session::SessionInfo {
+            session_id: id,
+            client_addr: Some(peer.ip().to_string()),
+            client_port: Some(peer.port()),
+            tls: client
+                .tls_version()
+                .map(|version| crate::audit::event::TlsInfo {
+                    version,
+                    client_cert_subject: None,
+                }),
+            user: startup.user().to_string(),
+            database: startup.database().to_string(),
+            application_name: startup.param("application_name").unwrap_or("").to_string(),
+            identity: None,
+            context: None,
+        });
+    let audit_auth = |ok: bool, reason: Option<String>| {
+        let (audit, info) = (shared.audit.clone(), audit_info.clone());
+        async move {
+            if let (Some(audit), Some(info)) = (audit, info) {
+                audit.emit(&info.auth(ok, reason)).await;
+            }
+        }
+    };
+
     if *shared.phase.borrow() != super::Phase::Running {
         m.client_connections_rejected
             .with_label_values(&["shutting_down"])
@@ -233,6 +261,7 @@ async fn run(
                 .with_label_values(&["server_rejected"])
                 .inc();
             info!(%reason, "authentication failed or connection refused by server");
+            audit_auth(false, Some(reason)).await;
             return;
         }
         Ok(Err(e @ (HandshakeError::Context(_) | HandshakeError::Login(_)))) => {
@@ -258,6 +287,7 @@ async fn run(
         Ok(Err(e)) => {
             m.auth_failures.with_label_values(&["closed"]).inc();
             info!(error = %e, "connection closed during authentication");
+            audit_auth(false, Some(e.to_string())).await;
             if matches!(
                 e,
                 HandshakeError::ServerClosed | HandshakeError::ServerIo(_)
@@ -276,6 +306,7 @@ async fn run(
         Err(_) => {
             m.auth_failures.with_label_values(&["timeout"]).inc();
             info!("connection closed: authentication timeout");
+            audit_auth(false, Some("authentication timed out".into())).await;
             send_fatal(
                 &mut client,
                 PgError::fatal(
@@ -289,6 +320,24 @@ async fn run(
     };
 
     seams.startup_complete();
+    if let (Some(audit), Some(info)) = (&shared.audit, &audit_info) {
+        audit_auth(true, None).await;
+        audit
+            .emit(&info.connection(crate::audit::event::ConnectionInfo {
+                action: "open".into(),
+                backend_pid: established.backend_key.as_ref().map(|k| k.0),
+                bytes_from_client: None,
+                bytes_to_client: None,
+                statements: None,
+                duration_ms: None,
+                reason: None,
+            }))
+            .await;
+        let mut session_audit =
+            crate::audit::session::SessionAudit::new(audit.clone(), info.clone());
+        session_audit.info.application_name = seams.scope.application_name.clone();
+        seams.audit = Some(Box::new(session_audit));
+    }
     if let Some((pid, secret)) = &established.backend_key {
         shared.cancel.insert(*pid, secret.clone());
     }
@@ -343,6 +392,23 @@ async fn run(
         duration_ms = opened.elapsed().as_millis() as u64,
         "connection closed"
     );
+    let mut seams = seams;
+    if let Some(mut a) = seams.audit.take() {
+        a.on_session_end(&reason);
+        for (kind, json) in a.take_events() {
+            a.audit().emit_json(kind, json).await;
+        }
+        let event = a.info.connection(crate::audit::event::ConnectionInfo {
+            action: "close".into(),
+            backend_pid: established.backend_key.as_ref().map(|k| k.0),
+            bytes_from_client: Some(traffic.from_client.load(Ordering::Relaxed)),
+            bytes_to_client: Some(traffic.from_server.load(Ordering::Relaxed)),
+            statements: Some(seams.statements),
+            duration_ms: Some(opened.elapsed().as_millis() as u64),
+            reason: Some(reason),
+        });
+        a.audit().emit(&event).await;
+    }
 }
 
 /// SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.

@@ -1,0 +1,186 @@
+//! What of a statement's text goes into an event. With `redact_literals`
+//! (the default) every literal — strings of every flavour, dollar-quoted
+//! bodies, numbers — becomes a `$n` placeholder numbered after the
+//! statement's own parameters (as `pg_stat_statements` does). Without it the
+//! text is kept, except that a string following the word `PASSWORD`
+//! (`CREATE/ALTER ROLE … [ENCRYPTED] PASSWORD '…'`) is always replaced.
+//! The fingerprint hashes the literal-free token stream (keywords folded to
+//! lower case, comments and spacing dropped), so one statement shape has one
+//! fingerprint whatever its literals.
+
+use sha2::{Digest, Sha256};
+
+use crate::policy::lexer::{self, LexOptions, TokenKind};
+
+/// The text written in place of a password.
+pub const PASSWORD_MASK: &str = "'[redacted]'";
+/// The text of SQL that could not be lexed, when literals are redacted.
+pub const UNLEXABLE: &str = "[pgward: statement not lexable; text redacted]";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redacted {
+    pub sql: String,
+    /// First 16 hex digits of the SHA-256 of the normalised statement.
+    pub fingerprint: String,
+}
+
+fn is_literal(kind: TokenKind) -> bool {
+    matches!(
+        kind,
+        TokenKind::String { .. }
+            | TokenKind::EString
+            | TokenKind::UnicodeString
+            | TokenKind::BitString
+            | TokenKind::DollarString
+            | TokenKind::Number
+    )
+}
+
+fn is_string(kind: TokenKind) -> bool {
+    is_literal(kind) && kind != TokenKind::Number
+}
+
+/// Redact `sql`, keep at most `max_bytes` of the result.
+pub fn redact(sql: &str, literals: bool, max_bytes: usize, opts: LexOptions) -> Redacted {
+    let Ok(lexed) = lexer::lex(sql, opts) else {
+        let fingerprint = fingerprint_of(sql.as_bytes());
+        let text = if literals {
+            UNLEXABLE.to_string()
+        } else {
+            sql.to_string()
+        };
+        return Redacted {
+            sql: truncate(text, max_bytes),
+            fingerprint,
+        };
+    };
+    let tokens = &lexed.tokens;
+    let mut next_param = tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Param)
+        .filter_map(|t| lexer::text(sql, t).get(1..)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut norm_param = next_param;
+    let mut out = String::with_capacity(sql.len());
+    let mut norm = String::with_capacity(sql.len());
+    let mut copied = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        let text = lexer::text(sql, t);
+        let after_password = i > 0 && lexer::is_kw(sql, &tokens[i - 1], "password");
+        // A sign glued to a number literal is part of the literal (`-1`).
+        let replacement = if literals && is_literal(t.kind) {
+            next_param += 1;
+            Some(format!("${next_param}"))
+        } else if after_password && is_string(t.kind) {
+            Some(PASSWORD_MASK.to_string())
+        } else {
+            None
+        };
+        if !norm.is_empty() {
+            norm.push(' ');
+        }
+        if let Some(r) = &replacement {
+            out.push_str(&sql[copied..t.span.start]);
+            out.push_str(r);
+            copied = t.span.end;
+        }
+        // The fingerprint numbers literals the same way whether or not the
+        // text keeps them.
+        if is_literal(t.kind) {
+            norm_param += 1;
+            norm.push_str(&format!("${norm_param}"));
+        } else if t.kind == TokenKind::Word {
+            norm.push_str(&text.to_ascii_lowercase());
+        } else {
+            norm.push_str(text);
+        }
+    }
+    out.push_str(&sql[copied..]);
+    Redacted {
+        sql: truncate(out, max_bytes),
+        fingerprint: fingerprint_of(norm.as_bytes()),
+    }
+}
+
+fn fingerprint_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    super::chain::hex(&digest[..8])
+}
+
+/// Cut `text` to `max` bytes at a character boundary, marking the cut.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str("…[truncated]");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(sql: &str, literals: bool) -> Redacted {
+        redact(sql, literals, 1 << 20, LexOptions::default())
+    }
+
+    #[test]
+    fn literals_become_numbered_placeholders_after_existing_params() {
+        let out = r(
+            "SELECT * FROM t WHERE a = $1 AND b = 'x''y' AND c IN (42, E'\\n', $$z$$)",
+            true,
+        );
+        assert_eq!(
+            out.sql,
+            "SELECT * FROM t WHERE a = $1 AND b = $2 AND c IN ($3, $4, $5)"
+        );
+    }
+
+    #[test]
+    fn same_shape_same_fingerprint_whatever_the_literals_and_spacing() {
+        let a = r("select *  from t where id = 1 -- hi", true);
+        let b = r("SELECT * FROM t\nWHERE id = 99", true);
+        let c = r("SELECT * FROM t WHERE name = 1", true);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+        assert_eq!(a.fingerprint.len(), 16);
+        // Without redaction the fingerprint is the same as with it.
+        assert_eq!(
+            r("select * from t where id = 7", false).fingerprint,
+            a.fingerprint
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted_even_when_literals_are_kept() {
+        for sql in [
+            "CREATE ROLE bob LOGIN PASSWORD 'hunter2'",
+            "alter user bob with encrypted password E'hunter2'",
+            "ALTER ROLE bob PASSWORD $p$hunter2$p$ VALID UNTIL '2030-01-01'",
+        ] {
+            let out = r(sql, false);
+            assert!(!out.sql.contains("hunter2"), "{}", out.sql);
+            assert!(out.sql.contains(PASSWORD_MASK), "{}", out.sql);
+        }
+        assert!(r(
+            "ALTER ROLE bob PASSWORD 'x' VALID UNTIL '2030-01-01'",
+            false
+        )
+        .sql
+        .contains("'2030-01-01'"));
+    }
+
+    #[test]
+    fn unlexable_text_is_withheld_and_long_text_cut() {
+        assert_eq!(r("SELECT 'unterminated", true).sql, UNLEXABLE);
+        let long = format!("SELECT {}", "é".repeat(100));
+        let out = redact(&long, false, 20, LexOptions::default());
+        assert!(out.sql.ends_with("…[truncated]") && out.sql.len() <= 20 + "…[truncated]".len());
+    }
+}

@@ -1,0 +1,706 @@
+//! One session's side of the audit trail: who the session is
+//! ([`SessionInfo`]) and which statements are in flight ([`SessionAudit`]),
+//! so every CommandComplete / ErrorResponse becomes exactly one statement
+//! event with its outcome.
+//!
+//! The server answers in order, one sync group (a Query, a FunctionCall, or
+//! extended messages up to Sync) per ReadyForQuery. Each group holds its
+//! operations: a statement of a Query, an Execute, a FunctionCall, or a
+//! Parse. CommandComplete, EmptyQueryResponse and PortalSuspended complete
+//! the first open statement/Execute of the oldest group; an ErrorResponse
+//! fails it (or, when none is open, the group's Parse — a statement that
+//! failed or was blocked before it could be executed). At ReadyForQuery the
+//! group ends: operations still open were never executed (`skipped`).
+//! Extended protocol therefore yields one event per Execute.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::config::OnFull;
+use super::event::{AuditVerdict, Event, EventType, Outcome, StatementInfo, TlsInfo};
+use super::filter::StatementFilter;
+use super::pipeline::{Audit, Reservation};
+use super::redact::redact;
+use crate::policy::{Block, Evaluation, LexOptions, StatementFacts, Verdict};
+use crate::wire::frame;
+
+/// The rule id of statements refused because they could not be audited.
+pub const FAIL_CLOSED_RULE: &str = "audit_fail_closed";
+
+/// Who a session is; copied into each of its events.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub session_id: u64,
+    pub client_addr: Option<String>,
+    pub client_port: Option<u16>,
+    pub tls: Option<TlsInfo>,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub identity: Option<BTreeMap<String, String>>,
+    pub context: Option<BTreeMap<String, String>>,
+}
+
+impl SessionInfo {
+    /// A new event of `kind` carrying this session's fields.
+    pub fn event(&self, kind: EventType) -> Event {
+        let mut e = Event::new(kind);
+        e.session_id = Some(self.session_id);
+        e.client_addr = self.client_addr.clone();
+        e.client_port = self.client_port;
+        e.tls = self.tls.clone();
+        e.user = Some(self.user.clone()).filter(|u| !u.is_empty());
+        e.database = Some(self.database.clone()).filter(|d| !d.is_empty());
+        e.application_name = Some(self.application_name.clone()).filter(|a| !a.is_empty());
+        e.identity = self.identity.clone();
+        e.context = self.context.clone();
+        e
+    }
+}
+
+impl SessionInfo {
+    /// `connection` event: `open` (after authentication) or `close`.
+    pub fn connection(&self, info: super::event::ConnectionInfo) -> Event {
+        let mut e = self.event(EventType::Connection);
+        e.connection = Some(info);
+        e
+    }
+
+    /// `auth` event: `success` or `failure` with the reason.
+    pub fn auth(&self, ok: bool, reason: Option<String>) -> Event {
+        let mut e = self.event(EventType::Auth);
+        e.auth = Some(super::event::AuthInfo {
+            result: if ok { "success" } else { "failure" }.into(),
+            reason,
+        });
+        e
+    }
+}
+
+/// `policy` event for a config reload (ok, or failed with the error).
+pub fn reload_event(file: &std::path::Path, sha256: &str, error: Option<String>) -> Event {
+    let mut e = Event::new(EventType::Policy);
+    e.policy = Some(super::event::PolicyInfo {
+        action: "reload".into(),
+        result: if error.is_none() { "ok" } else { "failed" }.into(),
+        file: Some(file.display().to_string()),
+        sha256: Some(sha256.to_string()).filter(|s| !s.is_empty() && error.is_none()),
+        error,
+    });
+    e
+}
+
+/// Bind parameter values (None = NULL).
+type Params = Vec<Option<String>>;
+
+/// What is known about a statement before it runs.
+#[derive(Debug)]
+struct Stmt {
+    /// False: filtered out (its outcome is tracked, no event is written).
+    audited: bool,
+    protocol: &'static str,
+    kind: String,
+    class: String,
+    tables: Vec<String>,
+    verdict: AuditVerdict,
+    rule_id: Option<String>,
+    reason: Option<String>,
+    sql: String,
+    sql_sent: Option<String>,
+    fingerprint: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum OpKind {
+    /// A statement of a Query, an Execute, or a FunctionCall.
+    Run,
+    /// A Parse: reported only if it fails before any Execute could run.
+    Parse,
+}
+
+struct Op {
+    kind: OpKind,
+    stmt: Arc<Stmt>,
+    params: Option<Vec<Option<String>>>,
+    received: Instant,
+    done: bool,
+    /// `fail_closed`: the queue slot reserved for this event.
+    slot: Option<Reservation>,
+    /// Refused (fail_closed): absorbs its error, writes nothing.
+    refused: bool,
+}
+
+struct Group {
+    ops: Vec<Op>,
+    closed: bool,
+}
+
+/// The statements of one session on their way through the server.
+pub struct SessionAudit {
+    audit: Arc<Audit>,
+    pub info: SessionInfo,
+    filter: StatementFilter,
+    session_wanted: bool,
+    groups: VecDeque<Group>,
+    statements: HashMap<String, Arc<Stmt>>,
+    portals: HashMap<String, (Arc<Stmt>, Option<Params>)>,
+    /// Serialized events for the relay to queue (it may wait; we may not).
+    outbox: Vec<(&'static str, Arc<str>)>,
+    pub lex: LexOptions,
+}
+
+impl SessionAudit {
+    pub fn new(audit: Arc<Audit>, info: SessionInfo) -> SessionAudit {
+        let filter = StatementFilter::new(&audit.config().filter);
+        let session_wanted = filter.wants_session(&info.user, &info.database);
+        SessionAudit {
+            audit,
+            info,
+            filter,
+            session_wanted,
+            groups: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            outbox: Vec::new(),
+            lex: LexOptions::default(),
+        }
+    }
+
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    /// Events ready to be queued by the relay.
+    pub fn take_events(&mut self) -> Vec<(&'static str, Arc<str>)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn fail_closed(&self) -> bool {
+        self.audit.config().on_full == OnFull::FailClosed
+    }
+
+    fn describe(
+        &self,
+        facts: Option<&StatementFacts>,
+        eval: &Evaluation,
+        protocol: &'static str,
+        index: usize,
+    ) -> Stmt {
+        let (verdict, rule_id, reason) = match &eval.verdict {
+            Verdict::Allow => (AuditVerdict::Allowed, None, None),
+            Verdict::Monitored { rule_id, reason } => (
+                AuditVerdict::Monitored,
+                Some(rule_id.clone()),
+                Some(reason.clone()),
+            ),
+            Verdict::Block(b) => (
+                AuditVerdict::Blocked,
+                Some(b.rule_id.clone()),
+                Some(b.message.clone()),
+            ),
+            Verdict::Rewrite {
+                rule_id, rewritten, ..
+            } if rewritten.contains(&index) => {
+                (AuditVerdict::Rewritten, Some(rule_id.clone()), None)
+            }
+            Verdict::Rewrite { .. } => (AuditVerdict::Allowed, None, None),
+        };
+        let (kind, class) = match facts {
+            Some(f) => (f.kind.name().to_string(), f.class.as_str().to_string()),
+            None => ("function_call".to_string(), "FUNCTION".to_string()),
+        };
+        let mut tables: Vec<String> = Vec::new();
+        if let Some(f) = facts {
+            let dropped = f.dropped.iter().map(|(_, n)| n);
+            for t in f
+                .tables_written
+                .iter()
+                .chain(&f.tables_read)
+                .chain(&f.truncated)
+                .chain(dropped)
+            {
+                let name = t.to_string();
+                if !tables.contains(&name) {
+                    tables.push(name);
+                }
+            }
+        }
+        let audited = verdict != AuditVerdict::Allowed
+            || (self.session_wanted && self.filter.wants_statement(&class, &tables));
+        if !audited {
+            return Stmt {
+                audited,
+                protocol,
+                kind,
+                class,
+                tables,
+                verdict,
+                rule_id,
+                reason,
+                sql: String::new(),
+                sql_sent: None,
+                fingerprint: String::new(),
+            };
+        }
+        let cfg = self.audit.config();
+        let text = facts.map_or("", |f| f.text.as_str());
+        let r = redact(text, cfg.redact_literals, cfg.max_sql_bytes, self.lex);
+        let sql_sent = match &eval.verdict {
+            Verdict::Rewrite { sql, .. } if verdict == AuditVerdict::Rewritten => {
+                Some(redact(sql, cfg.redact_literals, cfg.max_sql_bytes, self.lex).sql)
+            }
+            _ => None,
+        };
+        Stmt {
+            audited,
+            protocol,
+            kind,
+            class,
+            tables,
+            verdict,
+            rule_id,
+            reason,
+            sql: r.sql,
+            sql_sent,
+            fingerprint: r.fingerprint,
+        }
+    }
+
+    fn new_op(&self, kind: OpKind, stmt: Arc<Stmt>, params: Option<Vec<Option<String>>>) -> Op {
+        Op {
+            kind,
+            stmt,
+            params,
+            received: Instant::now(),
+            done: false,
+            slot: None,
+            refused: false,
+        }
+    }
+
+    /// Reserve a queue slot for each audited Run op (fail_closed); on
+    /// failure release them all and answer the block that refuses them.
+    fn reserve(&self, ops: &mut [Op]) -> Option<Block> {
+        if !self.fail_closed() {
+            return None;
+        }
+        for op in ops
+            .iter_mut()
+            .filter(|o| o.kind == OpKind::Run && o.stmt.audited)
+        {
+            match self.audit.reserve() {
+                Some(slot) => op.slot = Some(slot),
+                None => {
+                    for op in ops.iter_mut() {
+                        op.slot = None;
+                        op.refused = true;
+                    }
+                    crate::admin::metrics::metrics().audit.refused.inc();
+                    return Some(fail_closed_block());
+                }
+            }
+        }
+        None
+    }
+
+    fn open_group(&mut self) -> &mut Group {
+        if self.groups.back().is_none_or(|g| g.closed) {
+            self.groups.push_back(Group {
+                ops: Vec::new(),
+                closed: false,
+            });
+        }
+        self.groups.back_mut().expect("just ensured")
+    }
+
+    /// A Query: one op per statement. Returns the evaluation to apply
+    /// (a block if the statement cannot be audited under fail_closed).
+    pub fn on_query(&mut self, eval: Evaluation) -> Evaluation {
+        let mut ops: Vec<Op> = eval
+            .statements
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let stmt = Arc::new(self.describe(Some(f), &eval, "simple", i));
+                self.new_op(OpKind::Run, stmt, None)
+            })
+            .collect();
+        let eval = match self.reserve(&mut ops) {
+            Some(block) => Evaluation {
+                statements: eval.statements,
+                verdict: Verdict::Block(block),
+            },
+            None => eval,
+        };
+        self.groups.push_back(Group { ops, closed: true });
+        eval
+    }
+
+    /// A FunctionCall (its own sync group).
+    pub fn on_function_call(&mut self, eval: Evaluation) -> Evaluation {
+        let stmt = Arc::new(self.describe(None, &eval, "function_call", 0));
+        let mut ops = vec![self.new_op(OpKind::Run, stmt, None)];
+        let eval = match self.reserve(&mut ops) {
+            Some(block) => Evaluation {
+                statements: eval.statements,
+                verdict: Verdict::Block(block),
+            },
+            None => eval,
+        };
+        self.groups.push_back(Group { ops, closed: true });
+        eval
+    }
+
+    /// A Query, Parse or FunctionCall while the policy is off (nothing was
+    /// classified): recorded with kind `unknown`, class `UNKNOWN`, audited
+    /// when the filter's classes include `ALL`.
+    pub fn on_unevaluated(&mut self, tag: u8, body: &[u8]) {
+        use crate::wire::frame::frontend;
+        let (text, protocol) = match tag {
+            frontend::QUERY => (frame::query_text(body).unwrap_or(""), "simple"),
+            frontend::PARSE => (frame::parse_text(body).map_or("", |(_, t)| t), "extended"),
+            _ => ("", "function_call"),
+        };
+        let audited = self.session_wanted && self.filter.wants_statement("UNKNOWN", &[]);
+        let cfg = self.audit.config();
+        let r = redact(text, cfg.redact_literals, cfg.max_sql_bytes, self.lex);
+        let stmt = Arc::new(Stmt {
+            audited,
+            protocol,
+            kind: "unknown".into(),
+            class: "UNKNOWN".into(),
+            tables: Vec::new(),
+            verdict: AuditVerdict::Allowed,
+            rule_id: None,
+            reason: Some("policy mode off: not classified".into()),
+            sql: r.sql,
+            sql_sent: None,
+            fingerprint: r.fingerprint,
+        });
+        if tag == frontend::PARSE {
+            let name = frame::parse_text(body).map_or("", |(n, _)| n).to_string();
+            self.statements.insert(name, stmt.clone());
+            let op = self.new_op(OpKind::Parse, stmt, None);
+            self.open_group().ops.push(op);
+        } else {
+            let op = self.new_op(OpKind::Run, stmt, None);
+            self.groups.push_back(Group {
+                ops: vec![op],
+                closed: true,
+            });
+        }
+    }
+
+    /// A Parse of statement `name`.
+    pub fn on_parse(&mut self, name: &str, eval: &Evaluation) {
+        let stmt = Arc::new(match eval.statements.as_slice() {
+            [] => self.describe(None, eval, "extended", 0),
+            [f, ..] => self.describe(Some(f), eval, "extended", 0),
+        });
+        self.statements.insert(name.to_string(), stmt.clone());
+        let op = self.new_op(OpKind::Parse, stmt, None);
+        self.open_group().ops.push(op);
+    }
+
+    pub fn on_bind(&mut self, body: &[u8]) {
+        let Some((portal, rest)) = frame::read_cstr(body) else {
+            return;
+        };
+        let Some((name, rest)) = frame::read_cstr(rest) else {
+            return;
+        };
+        let stmt = match self.statements.get(&*String::from_utf8_lossy(name)) {
+            Some(s) => s.clone(),
+            // Prepared before pgward could see it: nothing is known.
+            None => Arc::new(Stmt {
+                audited: true,
+                protocol: "extended",
+                kind: "unknown".into(),
+                class: "MISC".into(),
+                tables: Vec::new(),
+                verdict: AuditVerdict::Allowed,
+                rule_id: None,
+                reason: None,
+                sql: String::new(),
+                sql_sent: None,
+                fingerprint: String::new(),
+            }),
+        };
+        let params = (self.audit.config().log_parameters && stmt.audited)
+            .then(|| bind_params(rest))
+            .flatten();
+        self.portals
+            .insert(String::from_utf8_lossy(portal).into_owned(), (stmt, params));
+    }
+
+    /// An Execute; `Some(block)` when it must be refused (fail_closed).
+    pub fn on_execute(&mut self, body: &[u8]) -> Option<Block> {
+        let portal = frame::read_cstr(body).map_or_else(String::new, |(p, _)| {
+            String::from_utf8_lossy(p).into_owned()
+        });
+        let (stmt, params) = match self.portals.get(&portal) {
+            Some((s, p)) => (s.clone(), p.clone()),
+            None => return None,
+        };
+        let mut ops = vec![self.new_op(OpKind::Run, stmt, params)];
+        let block = self.reserve(&mut ops);
+        self.open_group().ops.extend(ops);
+        block
+    }
+
+    pub fn on_sync(&mut self) {
+        if let Some(g) = self.groups.back_mut() {
+            g.closed = true;
+        }
+    }
+
+    pub fn on_close(&mut self, kind: u8, name: &str) {
+        match kind {
+            b'S' => {
+                self.statements.remove(name);
+            }
+            b'P' => {
+                self.portals.remove(name);
+            }
+            _ => {}
+        }
+    }
+
+    /// CommandComplete (`tag`), EmptyQueryResponse or PortalSuspended (None).
+    pub fn on_complete(&mut self, tag: Option<&str>) {
+        if let Some(op) = self.front_open(OpKind::Run) {
+            let outcome = Outcome {
+                status: "ok".into(),
+                command_tag: tag.map(str::to_string),
+                rows: tag.and_then(rows_of),
+                sqlstate: None,
+                message: None,
+                duration_us: op.received.elapsed().as_micros() as u64,
+            };
+            self.finish(op, outcome);
+        }
+    }
+
+    /// ErrorResponse as the client receives it.
+    pub fn on_error(&mut self, sqlstate: &str, message: &str) {
+        let op = match self.front_open(OpKind::Run) {
+            Some(op) => Some(op),
+            None => self.front_open(OpKind::Parse),
+        };
+        if let Some(op) = op {
+            let outcome = Outcome {
+                status: "error".into(),
+                command_tag: None,
+                rows: None,
+                sqlstate: Some(sqlstate.to_string()),
+                message: Some(message.to_string()),
+                duration_us: op.received.elapsed().as_micros() as u64,
+            };
+            self.finish(op, outcome);
+        }
+    }
+
+    /// ReadyForQuery: the oldest group is over.
+    pub fn on_ready(&mut self) {
+        let Some(group) = self.groups.pop_front() else {
+            return;
+        };
+        for op in group
+            .ops
+            .into_iter()
+            .filter(|o| !o.done && o.kind == OpKind::Run)
+        {
+            let outcome = Outcome {
+                status: "skipped".into(),
+                command_tag: None,
+                rows: None,
+                sqlstate: None,
+                message: None,
+                duration_us: op.received.elapsed().as_micros() as u64,
+            };
+            self.finish(op, outcome);
+        }
+    }
+
+    /// The session ended: statements still waiting for the server get an
+    /// event with status `unknown` (the outcome never reached pgward).
+    pub fn on_session_end(&mut self, reason: &str) {
+        while let Some(group) = self.groups.pop_front() {
+            for op in group
+                .ops
+                .into_iter()
+                .filter(|o| !o.done && o.kind == OpKind::Run)
+            {
+                let outcome = Outcome {
+                    status: "unknown".into(),
+                    command_tag: None,
+                    rows: None,
+                    sqlstate: None,
+                    message: Some(format!(
+                        "session ended before the server answered: {reason}"
+                    )),
+                    duration_us: op.received.elapsed().as_micros() as u64,
+                };
+                self.finish(op, outcome);
+            }
+        }
+    }
+
+    /// Take the first open op of `kind` in the oldest group.
+    fn front_open(&mut self, kind: OpKind) -> Option<Op> {
+        let group = self.groups.front_mut()?;
+        let op = group.ops.iter_mut().find(|o| !o.done && o.kind == kind)?;
+        op.done = true;
+        Some(Op {
+            kind: OpKind::Run,
+            stmt: op.stmt.clone(),
+            params: op.params.take(),
+            received: op.received,
+            done: true,
+            slot: op.slot.take(),
+            refused: op.refused,
+        })
+    }
+
+    fn finish(&mut self, op: Op, outcome: Outcome) {
+        if op.refused || !op.stmt.audited {
+            return;
+        }
+        let s = &op.stmt;
+        let mut e = self.info.event(EventType::Statement);
+        e.statement = Some(StatementInfo {
+            protocol: s.protocol.to_string(),
+            kind: s.kind.clone(),
+            class: s.class.clone(),
+            tables: s.tables.clone(),
+            verdict: s.verdict,
+            rule_id: s.rule_id.clone(),
+            reason: s.reason.clone(),
+            sql: s.sql.clone(),
+            sql_sent: s.sql_sent.clone(),
+            fingerprint: s.fingerprint.clone(),
+            params: op.params,
+            outcome,
+        });
+        let json: Arc<str> = e.to_json().into();
+        match op.slot {
+            Some(slot) => self.audit.send_reserved(slot, "statement", json),
+            None => self.outbox.push(("statement", json)),
+        }
+    }
+}
+
+/// Feed one backend frame (as the client receives it) to the session's audit.
+pub fn observe_backend(a: &mut SessionAudit, tag: u8, body: &[u8]) {
+    use crate::wire::frame::backend;
+    match tag {
+        backend::COMMAND_COMPLETE => {
+            let tag = frame::read_cstr(body).map(|(t, _)| String::from_utf8_lossy(t));
+            a.on_complete(Some(tag.as_deref().unwrap_or("")));
+        }
+        backend::EMPTY_QUERY | backend::PORTAL_SUSPENDED => a.on_complete(None),
+        backend::ERROR_RESPONSE => {
+            let field = |c| {
+                String::from_utf8_lossy(frame::error_field(body, c).unwrap_or_default())
+                    .into_owned()
+            };
+            a.on_error(&field(b'C'), &field(b'M'));
+        }
+        backend::READY_FOR_QUERY => a.on_ready(),
+        _ => {}
+    }
+}
+
+/// The block that refuses a statement whose event cannot be queued.
+pub fn fail_closed_block() -> Block {
+    Block {
+        rule_id: FAIL_CLOSED_RULE.to_string(),
+        message: "pgward: statement refused because it cannot be audited (audit queue full)".into(),
+        detail:
+            "audit.on_full = \"fail_closed\" refuses statements while the audit sinks are behind"
+                .into(),
+        hint: "retry shortly; if this persists, check the audit sinks".into(),
+    }
+}
+
+/// Rows from a command tag: its last number (`INSERT 0 5`, `UPDATE 2`).
+fn rows_of(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let first = words.next()?;
+    let last = tag.rsplit(' ').next()?;
+    (first != last || tag.contains(' '))
+        .then(|| last.parse().ok())
+        .flatten()
+}
+
+/// Bind parameter values after the portal and statement names: text
+/// values as text, binary ones as `\x` hex; `None` for NULL.
+fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
+    let mut r = rest;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (a, b) = (r.get(..n)?, r.get(n..)?);
+        r = b;
+        Some(a)
+    };
+    let i16_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
+    let nfmt = i16_at(take(2)?).max(0) as usize;
+    let mut formats = Vec::with_capacity(nfmt);
+    for _ in 0..nfmt {
+        formats.push(i16_at(take(2)?));
+    }
+    let n = i16_at(take(2)?).max(0) as usize;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let len = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let value = take(len as usize)?;
+        let binary = match formats.as_slice() {
+            [] => false,
+            [one] => *one == 1,
+            many => many.get(i).is_some_and(|f| *f == 1),
+        };
+        out.push(Some(if binary {
+            format!("\\x{}", super::chain::hex(value))
+        } else {
+            String::from_utf8_lossy(value).into_owned()
+        }));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_come_from_the_last_number_of_the_tag() {
+        assert_eq!(rows_of("INSERT 0 5"), Some(5));
+        assert_eq!(rows_of("SELECT 3"), Some(3));
+        assert_eq!(rows_of("BEGIN"), None);
+        assert_eq!(rows_of("CREATE TABLE"), None);
+    }
+
+    #[test]
+    fn bind_params_decode_text_binary_and_null_and_refuse_garbage() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&3i16.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(b"hi");
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(&[0xab, 0x01]);
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(
+            bind_params(&b),
+            Some(vec![Some("hi".into()), Some("\\xab01".into()), None])
+        );
+        assert_eq!(bind_params(&b[..9]), None);
+        assert_eq!(bind_params(&[0xff, 0xff, 0, 5]), None);
+    }
+}
