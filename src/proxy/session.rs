@@ -96,7 +96,7 @@ async fn run(
         startup.param("application_name").unwrap_or(""),
     );
 
-    let audit_info = shared
+    let mut audit_info = shared
         .audit
         .as_ref()
         .map(|_| crate::audit::session::SessionInfo {
@@ -115,14 +115,6 @@ async fn run(
             identity: None,
             context: None,
         });
-    let audit_auth = |ok: bool, reason: Option<String>| {
-        let (audit, info) = (shared.audit.clone(), audit_info.clone());
-        async move {
-            if let (Some(audit), Some(info)) = (audit, info) {
-                audit.emit(&info.auth(ok, reason)).await;
-            }
-        }
-    };
 
     if *shared.phase.borrow() != super::Phase::Running {
         m.client_connections_rejected
@@ -179,15 +171,28 @@ async fn run(
                 reason = %refusal.log,
                 "connection refused by pgward's identity check"
             );
+            audit_auth(&shared, &audit_info, false, Some(refusal.log.to_string())).await;
             send_fatal(&mut client, refusal.error).await;
             return;
         }
         Err(_) => {
             m.auth_failures.with_label_values(&["timeout"]).inc();
             info!("connection closed: authentication timeout");
+            audit_auth(
+                &shared,
+                &audit_info,
+                false,
+                Some("identity check timed out".into()),
+            )
+            .await;
             return;
         }
     };
+    if let Some(info) = audit_info.as_mut() {
+        // Verified identities (JWT, certificate) and the pinned context.
+        info.identity = admission.audit_identity();
+        info.context = admission.audit_context();
+    }
 
     let connect = upstream::connect(&live.target, live.upstream_tls.as_ref());
     let mut server = match tokio::time::timeout(live.config.timeouts.connect(), connect).await {
@@ -261,7 +266,7 @@ async fn run(
                 .with_label_values(&["server_rejected"])
                 .inc();
             info!(%reason, "authentication failed or connection refused by server");
-            audit_auth(false, Some(reason)).await;
+            audit_auth(&shared, &audit_info, false, Some(reason)).await;
             return;
         }
         Ok(Err(e @ (HandshakeError::Context(_) | HandshakeError::Login(_)))) => {
@@ -287,7 +292,7 @@ async fn run(
         Ok(Err(e)) => {
             m.auth_failures.with_label_values(&["closed"]).inc();
             info!(error = %e, "connection closed during authentication");
-            audit_auth(false, Some(e.to_string())).await;
+            audit_auth(&shared, &audit_info, false, Some(e.to_string())).await;
             if matches!(
                 e,
                 HandshakeError::ServerClosed | HandshakeError::ServerIo(_)
@@ -306,7 +311,13 @@ async fn run(
         Err(_) => {
             m.auth_failures.with_label_values(&["timeout"]).inc();
             info!("connection closed: authentication timeout");
-            audit_auth(false, Some("authentication timed out".into())).await;
+            audit_auth(
+                &shared,
+                &audit_info,
+                false,
+                Some("authentication timed out".into()),
+            )
+            .await;
             send_fatal(
                 &mut client,
                 PgError::fatal(
@@ -321,7 +332,7 @@ async fn run(
 
     seams.startup_complete();
     if let (Some(audit), Some(info)) = (&shared.audit, &audit_info) {
-        audit_auth(true, None).await;
+        audit_auth(&shared, &audit_info, true, None).await;
         audit
             .emit(&info.connection(crate::audit::event::ConnectionInfo {
                 action: "open".into(),
@@ -408,6 +419,18 @@ async fn run(
             reason: Some(reason),
         });
         a.audit().emit(&event).await;
+    }
+}
+
+/// Audit an authentication result (when auditing is on).
+async fn audit_auth(
+    shared: &Shared,
+    info: &Option<crate::audit::session::SessionInfo>,
+    ok: bool,
+    reason: Option<String>,
+) {
+    if let (Some(audit), Some(info)) = (&shared.audit, info) {
+        audit.emit(&info.auth(ok, reason)).await;
     }
 }
 
