@@ -34,6 +34,7 @@ MEANING = {
     "cancel": "the driver's cancel of pg_sleep(30) gives 57014 within 10 s; connection reusable",
     "listen_notify": "NOTIFY from another connection reaches a LISTENing one",
     "blocked_truncate_42501": "TRUNCATE blocked by pgward: SQLSTATE 42501 in the driver's error type; table intact",
+    "latin1_client_encoding": "psql with PGCLIENTENCODING=LATIN1 sends a non-ASCII literal in Latin-1 and gets it back",
     "soft_delete_rowcount": "DELETE of one row on a soft-delete table: the driver's own count API says 1 (JDBC executeUpdate, psycopg rowcount, node rowCount, asyncpg status, ...); the row is still there, marked deleted_at/deleted_by",
     "rls_context": "current_setting('app.current_user_id') is the user pgward pinned; a FORCE'd RLS policy on it shows only the session's rows; SET of it is blocked with 42501 and changes nothing",
     "pipeline": "psycopg pipeline mode, including an error inside the pipeline",

@@ -110,4 +110,12 @@ if [ "$v" = "$PGUSER" ] && [ "$rows" = "$PGUSER" ] && echo "$spoof" | grep -q 'E
 else
   fail rls_context "setting [$v] rows [$rows] spoof [$spoof]"
 fi
+# A client whose client_encoding is LATIN1 sends its text in Latin-1.
+want=$(printf 'gr\xfc\xdfe|5')
+out=$(printf "select 'gr\xfc\xdfe', length('gr\xfc\xdfe');\n" | PGCLIENTENCODING=LATIN1 $PSQL 2>&1)
+if [ "$out" = "$want" ]; then
+  ok latin1_client_encoding
+else
+  fail latin1_client_encoding "$(printf '%s' "$out" | iconv -f LATIN1 -t UTF-8)"
+fi
 exit $failed
