@@ -269,6 +269,9 @@ const SPOOFS: &[&str] = &[
     "ALTER DATABASE postgres SET app.tenant_id = 't2'",
     "ALTER SYSTEM SET app.tenant_id = 't2'",
     "CREATE FUNCTION leak() RETURNS int LANGUAGE sql SET app.tenant_id = 't2' AS 'SELECT 1'",
+    "SELECT * FROM set_config('app.tenant_id', 't2', false)",
+    "CREATE VIEW leak AS SELECT set_config('app.tenant_id', 't2', false)",
+    "DO $$ BEGIN EXECUTE 'SE' || 'T app.tenant_id = ''t2'''; END $$",
     "SET app.tenant_id = 't2'; SELECT * FROM notes",
     "SELECT 1; SELECT set_config('app.tenant_id', 't2', false); SELECT * FROM notes",
 ];

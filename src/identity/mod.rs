@@ -68,6 +68,9 @@ impl Runtime {
         if source == IdentitySource::Certificate && cfg.client_tls.client_ca_file.is_none() {
             return Err("identity.source = certificate needs client_tls.client_ca_file".into());
         }
+        if cfg.policy.mode == crate::policy::Mode::Off && !plan.is_empty() {
+            tracing::warn!("policy.mode = \"off\": [context] settings are pinned but nothing stops clients from changing them");
+        }
         Ok(Runtime {
             source,
             plan,

@@ -158,6 +158,24 @@ impl ContextProtection {
         }) {
             return hit("writing pg_settings changes settings (it calls set_config)".into());
         }
+        // Code pgward cannot see into (DO, CREATE FUNCTION/PROCEDURE, CREATE
+        // RULE) can write any setting, e.g. EXECUTE 'SE' || 'T app.x = …'.
+        if f.dynamic_sql && resets_pinned {
+            return hit(format!(
+                "{} runs or defines code that could change the pinned settings",
+                f.kind.sql()
+            ));
+        }
+        // set_config calls the classifier did not record (in FROM, in a view,
+        // a column default, a policy expression): assume the worst.
+        let recorded = f
+            .settings
+            .iter()
+            .filter(|s| matches!(s, SettingChange::SetConfig(_)))
+            .count();
+        if set_config_calls(&f.text) > recorded {
+            return hit("set_config() in a place pgward does not analyse".into());
+        }
         // PREPARE of a spoofing statement: refuse it now rather than at EXECUTE.
         if let Some((_, body)) = &f.prepare {
             if let Some(found) = self.spoofing(body, id) {
@@ -245,6 +263,22 @@ impl ContextProtection {
         }
         None
     }
+}
+
+/// How many `set_config(` calls the text holds (identifier followed by a
+/// parenthesis; strings and comments do not count).
+fn set_config_calls(text: &str) -> usize {
+    if !text.to_ascii_lowercase().contains("set_config") {
+        return 0;
+    }
+    let Ok(lexed) = lexer::lex(text, LexOptions::default()) else {
+        return usize::MAX;
+    };
+    lexed
+        .tokens
+        .windows(2)
+        .filter(|w| is_set_config_word(text, &w[0]) && w[1].kind == TokenKind::LParen)
+        .count()
 }
 
 fn is_set_config_word(text: &str, t: &Token) -> bool {
@@ -339,6 +373,15 @@ mod tests {
             "SELECT set_config('role', 'postgres', false)",
             "SELECT 1; SET app.tenant_id = 't2'",
             "PREPARE p AS SELECT set_config('app.tenant_id', 't2', false)",
+            "SELECT * FROM set_config('app.tenant_id', 't2', false)",
+            "SELECT * FROM notes, LATERAL set_config('app.tenant_id', 't2', false) AS s",
+            "CREATE VIEW v AS SELECT set_config('app.tenant_id', 't2', false)",
+            "CREATE TABLE t (x text DEFAULT set_config('app.tenant_id', 't2', false))",
+            "ALTER TABLE notes ALTER COLUMN body SET DEFAULT set_config('app.tenant_id', 't2', false)",
+            "CREATE POLICY p ON notes USING (set_config('app.tenant_id', 't2', false) IS NOT NULL)",
+            "DO $$ BEGIN PERFORM set_config('app.tenant_id', 't2', false); END $$",
+            "DO $$ BEGIN EXECUTE 'SE' || 'T app.tenant_id = ''t2'''; END $$",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET app.tenant_id = 1'; END $$",
         ] {
             assert!(blocked(sql, &jwt()), "not caught: {sql}");
         }
@@ -353,12 +396,25 @@ mod tests {
             "SELECT current_setting('app.tenant_id', true)",
             "SELECT set_config('search_path', 'public', false)",
             "ALTER ROLE app_user SET work_mem = '8MB'",
-            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = public AS $$ SELECT 'SET app.x = 1' $$",
             "UPDATE notes SET body = 'x' WHERE id = 1",
             "ALTER TABLE notes ADD COLUMN x int",
         ] {
             assert!(!blocked(sql, &jwt()), "wrongly caught: {sql}");
         }
+    }
+
+    #[test]
+    fn dynamic_sql_is_refused_only_where_settings_are_pinned() {
+        let user = Identity::default();
+        for sql in [
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = public AS $$ SELECT 'SET app.x = 1' $$",
+            "DO $$ BEGIN RAISE NOTICE 'hi'; END $$",
+        ] {
+            assert!(!blocked(sql, &user), "{sql}");
+            assert!(blocked(sql, &jwt()), "{sql}");
+        }
+        // A set_config name in a string or comment is not a call.
+        assert!(!blocked("SELECT 'set_config(x)' -- set_config(\n", &jwt()));
     }
 
     #[test]
@@ -407,6 +463,33 @@ mod tests {
         assert_eq!(scope.identity_label(), "billing-svc");
         scope.identity.subject.clear();
         assert_eq!(scope.identity_label(), "app_login");
+    }
+
+    #[test]
+    fn global_monitor_mode_still_blocks_spoofing_but_the_rule_action_can_monitor() {
+        use crate::policy::{LexOptions, Policy, PolicyConfig, PreparedRegistry, Verdict};
+        let scope = crate::policy::SessionScope {
+            identity: jwt(),
+            ..Default::default()
+        };
+        let eval = |toml: &str, sql: &str| {
+            let p = Policy::from_config(&PolicyConfig::from_toml_str(toml).unwrap()).unwrap();
+            p.evaluate(sql, &scope, LexOptions::default(), &PreparedRegistry::new())
+                .verdict
+        };
+        let monitor = "mode = \"monitor\"";
+        assert!(
+            matches!(eval(monitor, "SET app.tenant_id = 'x'"), Verdict::Block(b) if b.rule_id == "context_spoofing")
+        );
+        assert!(matches!(
+            eval(monitor, "TRUNCATE t"),
+            Verdict::Monitored { .. }
+        ));
+        let rule_monitor = "[rules.context_spoofing]\naction = \"monitor\"";
+        assert!(matches!(
+            eval(rule_monitor, "SET app.tenant_id = 'x'"),
+            Verdict::Monitored { .. }
+        ));
     }
 
     #[test]

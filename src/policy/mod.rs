@@ -489,7 +489,13 @@ impl Policy {
                     String::new()
                 };
                 let message = format!("pgward: {} blocked by rule \"{}\"", x.what, x.rule_id);
-                match (x.action, self.rules.mode) {
+                // Pinned identity is not a rollout decision: global monitor
+                // mode does not open it (the rule's own action can).
+                let mode = match self.rules.mode {
+                    Mode::Monitor if x.rule_id == "context_spoofing" => Mode::Enforce,
+                    m => m,
+                };
+                match (x.action, mode) {
                     (Action::Block, Mode::Enforce) => {
                         return Verdict::Block(Block {
                             rule_id: x.rule_id.clone(),
