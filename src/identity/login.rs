@@ -14,7 +14,6 @@ use crate::proxy::seams::SessionSeams;
 use crate::proxy::stream::{ClientStream, UpstreamStream};
 use crate::wire::auth;
 use crate::wire::frame::{self, backend};
-use crate::wire::startup::StartupMessage;
 
 /// A token longer than this is not read at all (the JWT limit applies after).
 const MAX_PASSWORD_MESSAGE: usize = 1024 * 1024;
@@ -86,25 +85,6 @@ pub async fn ask_client_password(client: &mut ClientStream) -> Result<String, Lo
 /// AuthenticationOk, sent to the client once pgward's own login succeeded.
 pub fn authentication_ok() -> [u8; 9] {
     [b'R', 0, 0, 0, 8, 0, 0, 0, 0]
-}
-
-/// The client's startup parameters with `user` replaced by pgward's role.
-pub fn upstream_startup(startup: &StartupMessage, user: &str) -> std::io::Result<BytesMut> {
-    let mut params: Vec<(&str, &str)> = vec![("user", user)];
-    params.extend(
-        startup
-            .params
-            .iter()
-            .filter(|(k, _)| k != "user")
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    if startup.param("database").is_none() {
-        // The client's database defaulted to its user name; keep that meaning.
-        params.push(("database", startup.user()));
-    }
-    let mut out = BytesMut::new();
-    frontend::startup_message(params, &mut out)?;
-    Ok(out)
 }
 
 /// Send `startup` and authenticate as `creds` until AuthenticationOk.
@@ -209,13 +189,12 @@ pub async fn login_upstream(
 pub async fn establish_as(
     client: &mut ClientStream,
     server: &mut UpstreamStream,
-    startup: &StartupMessage,
+    packet: &[u8],
     creds: &Credentials,
     seams: &mut SessionSeams,
     context: &[(String, String)],
 ) -> Result<Established, HandshakeError> {
-    let packet = upstream_startup(startup, &creds.user).map_err(HandshakeError::ServerIo)?;
-    let pending = login_upstream(server, &packet, creds)
+    let pending = login_upstream(server, packet, creds)
         .await
         .map_err(HandshakeError::Login)?;
     client

@@ -17,6 +17,7 @@ pub mod context;
 pub mod jwt;
 pub mod login;
 pub mod startup_guard;
+pub mod startup_packet;
 pub mod template;
 
 use std::net::IpAddr;
@@ -90,6 +91,8 @@ pub struct Admission {
     pub login: Option<Credentials>,
     /// The verified JWT's claims (for audit).
     pub claims: Option<serde_json::Value>,
+    /// The StartupMessage to send upstream (see [`startup_packet`]).
+    pub upstream_startup: bytes::Bytes,
 }
 
 impl Admission {
@@ -231,7 +234,7 @@ pub async fn admit(
                 format!("cannot build the session context: {e}"),
             )
         })?;
-    let login = match rt.source {
+    let login: Option<Credentials> = match rt.source {
         IdentitySource::Passthrough => None,
         _ => Some(cfg.identity.upstream.resolve().map_err(|e| Refusal {
             error: PgError::fatal(
@@ -242,6 +245,18 @@ pub async fn admit(
             log: e,
         })?),
     };
+    let upstream_startup = startup_packet::upstream_packet(
+        startup,
+        login.as_ref().map(|c| c.user.as_str()),
+        &settings,
+    )
+    .map_err(|e| {
+        refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            "context_invalid",
+            format!("cannot pin the session context: {e}"),
+        )
+    })?;
     Ok(Admission {
         identity: Identity {
             kind,
@@ -251,6 +266,7 @@ pub async fn admit(
         settings,
         login,
         claims,
+        upstream_startup,
     })
 }
 
@@ -269,6 +285,7 @@ mod tests {
             settings: vec![("app.tenant_id".into(), "t1".into())],
             login: None,
             claims: Some(serde_json::json!({"sub": "alice", "iss": "https://idp", "email": "a@x"})),
+            upstream_startup: bytes::Bytes::new(),
         };
         let id = a.audit_identity().unwrap();
         assert_eq!(id["kind"], "jwt");
@@ -281,6 +298,7 @@ mod tests {
             settings: Vec::new(),
             login: None,
             claims: None,
+            upstream_startup: bytes::Bytes::new(),
         };
         assert!(plain.audit_identity().is_none() && plain.audit_context().is_none());
     }

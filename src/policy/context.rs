@@ -4,11 +4,14 @@
 //! kind and the protected patterns decide.
 //!
 //! Besides the setting changes the classifier records (SET / SET LOCAL /
-//! RESET / RESET ALL / DISCARD ALL / set_config / SET ROLE / SET SESSION
-//! AUTHORIZATION), a token scan of the statement text catches the forms that
+//! set_config / SET ROLE / SET SESSION AUTHORIZATION), a token scan of the statement text catches the forms that
 //! write settings for later sessions or routines (ALTER ROLE/USER/DATABASE …
 //! SET, ALTER SYSTEM, CREATE/ALTER FUNCTION … SET) and, assuming the worst,
 //! unparsed statements that could write a setting.
+//!
+//! `RESET name`, `RESET ALL` and `DISCARD ALL` are allowed: pgward passes the
+//! pinned values as startup parameters too, and RESET returns to those
+//! (`crate::identity::startup_packet`), so they restore the context.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,27 +121,21 @@ impl ContextProtection {
     /// block message's WHAT and the detail.
     pub fn spoofing(&self, f: &StatementFacts, id: &Identity) -> Option<(String, String)> {
         let hit = |detail: String| Some(("change of a pinned context setting".to_string(), detail));
-        let resets_pinned = id.pinned || id.kind != IdentityKind::PostgresUser;
+        // RESET name / RESET ALL / DISCARD ALL are not writes: pgward also
+        // passes the pinned values as startup parameters, which are what
+        // RESET returns to (see identity::startup_packet).
+        let pinned_session = id.pinned || id.kind != IdentityKind::PostgresUser;
         for s in &f.settings {
             match s {
                 SettingChange::Set { name, local } if self.forbidden(name, id.kind) => {
                     let verb = if *local { "SET LOCAL" } else { "SET" };
                     return hit(format!("{verb} {name}: the setting is protected"));
                 }
-                SettingChange::Reset(name) if self.forbidden(name, id.kind) => {
-                    return hit(format!("RESET {name}: the setting is protected"));
-                }
                 SettingChange::SetConfig(Some(name)) if self.forbidden(name, id.kind) => {
                     return hit(format!("set_config('{name}', …): the setting is protected"));
                 }
                 SettingChange::SetConfig(None) => {
                     return hit("set_config() with a setting name that is not a literal (it could name a protected setting)".into());
-                }
-                SettingChange::ResetAll if resets_pinned => {
-                    return hit("RESET ALL would clear the settings pgward pinned".into());
-                }
-                SettingChange::DiscardAll if resets_pinned => {
-                    return hit("DISCARD ALL would clear the settings pgward pinned".into());
                 }
                 SettingChange::Role | SettingChange::SessionAuthorization
                     if self.guards_role(id.kind) =>
@@ -160,7 +157,7 @@ impl ContextProtection {
         }
         // Code pgward cannot see into (DO, CREATE FUNCTION/PROCEDURE, CREATE
         // RULE) can write any setting, e.g. EXECUTE 'SE' || 'T app.x = …'.
-        if f.dynamic_sql && resets_pinned {
+        if f.dynamic_sql && pinned_session {
             return hit(format!(
                 "{} runs or defines code that could change the pinned settings",
                 f.kind.sql()
@@ -217,13 +214,8 @@ impl ContextProtection {
             || (kw(0, "alter") && (kw(1, "function") || kw(1, "procedure") || kw(1, "routine")));
         let role_defaults = kw(0, "alter") && (kw(1, "role") || kw(1, "user") || kw(1, "database"));
         let plain_set = unparsed && (kw(0, "set") || kw(0, "reset"));
-        if unparsed {
-            if toks.iter().any(|t| is_set_config_word(text, t)) {
-                return Some("set_config() in a statement pgward could not parse".into());
-            }
-            if kw(0, "discard") && (id.pinned || id.kind != IdentityKind::PostgresUser) {
-                return Some("DISCARD in a statement pgward could not parse".into());
-            }
+        if unparsed && toks.iter().any(|t| is_set_config_word(text, t)) {
+            return Some("set_config() in a statement pgward could not parse".into());
         }
         if !(routine || role_defaults || plain_set) {
             return None;
@@ -348,9 +340,6 @@ mod tests {
             "SET LOCAL app.tenant_id = 't2'",
             "set APP.Tenant_Id = 't2'",
             "SET \"APP\".\"TENANT_ID\" = 't2'",
-            "RESET app.tenant_id",
-            "RESET ALL",
-            "DISCARD ALL",
             "SELECT set_config('app.tenant_id', 't2', false)",
             "SELECT pg_catalog.set_config('APP.TENANT_ID', 't2', true)",
             "SELECT * FROM notes WHERE id IN (SELECT length(set_config('app.tenant_id', 't2', false)))",
@@ -393,6 +382,9 @@ mod tests {
             "SET work_mem = '64MB'",
             "SET LOCAL statement_timeout = 5000",
             "RESET search_path",
+            "RESET app.tenant_id",
+            "RESET ALL",
+            "DISCARD ALL",
             "SELECT current_setting('app.tenant_id', true)",
             "SELECT set_config('search_path', 'public', false)",
             "ALTER ROLE app_user SET work_mem = '8MB'",
@@ -421,16 +413,13 @@ mod tests {
     fn role_guard_depends_on_identity_kind() {
         let user = Identity::default();
         assert!(!blocked("SET ROLE reporting", &user));
-        assert!(
-            !blocked("RESET ALL", &user),
-            "nothing pinned, nothing to reset"
-        );
         assert!(blocked("SET app.tenant_id = 'x'", &user));
+        // RESET returns to the pinned startup values: allowed, pinned or not.
         let pinned = Identity {
             pinned: true,
             ..Identity::default()
         };
-        assert!(blocked("DISCARD ALL", &pinned));
+        assert!(!blocked("DISCARD ALL", &pinned) && !blocked("RESET ALL", &pinned));
         let cert = Identity {
             kind: IdentityKind::Certificate,
             ..Identity::default()

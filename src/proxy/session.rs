@@ -243,13 +243,25 @@ async fn run(
         let context = &admission.settings;
         match &admission.login {
             None => {
-                handshake::establish(&mut client, &mut server, &startup, &mut seams, context).await
+                // The client's packet plus the pinned settings.
+                let upstream_startup = StartupMessage {
+                    raw: admission.upstream_startup.clone(),
+                    ..startup.clone()
+                };
+                handshake::establish(
+                    &mut client,
+                    &mut server,
+                    &upstream_startup,
+                    &mut seams,
+                    context,
+                )
+                .await
             }
             Some(creds) => {
                 identity::login::establish_as(
                     &mut client,
                     &mut server,
-                    &startup,
+                    &admission.upstream_startup,
                     creds,
                     &mut seams,
                     context,
