@@ -321,6 +321,7 @@ corpus! {
     large_results_are_identical => "large.sql", Enforce;
     types_are_identical_in_text_and_binary => "types.sql", Enforce;
     session_state_is_identical => "session.sql", Enforce;
+    routines_are_identical => "routines.sql", Enforce;
 }
 
 #[test]

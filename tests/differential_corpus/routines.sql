@@ -1,0 +1,28 @@
+-- Functions, procedures, triggers, notices from server-side code.
+CREATE TABLE events (id serial PRIMARY KEY, kind text NOT NULL, at date NOT NULL DEFAULT '2024-01-01');
+CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'row % of kind %', NEW.id, NEW.kind; NEW.kind := upper(NEW.kind); RETURN NEW; END $$;
+CREATE TRIGGER events_shout BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION shout();
+INSERT INTO events (kind) VALUES ('login'), ('logout') RETURNING id, kind;
+CREATE PROCEDURE add_event(k text, INOUT n int DEFAULT 0) LANGUAGE plpgsql AS $$ BEGIN INSERT INTO events (kind) VALUES (k); SELECT count(*) INTO n FROM events; END $$;
+CALL add_event('call');
+CALL add_event('call', 10);
+CREATE PROCEDURE commits_inside() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO events (kind) VALUES ('a'); COMMIT; INSERT INTO events (kind) VALUES ('b'); ROLLBACK; END $$;
+CALL commits_inside();
+BEGIN;
+CALL commits_inside();
+ROLLBACK;
+SELECT kind FROM events ORDER BY id;
+CREATE FUNCTION pairs(n int) RETURNS TABLE (i int, sq bigint) LANGUAGE sql AS 'SELECT g, g::bigint * g FROM generate_series(1, n) g';
+SELECT * FROM pairs(5);
+SELECT pairs(3);
+CREATE FUNCTION out_params(x int, OUT doubled int, OUT label text) LANGUAGE plpgsql AS $$ BEGIN doubled := x * 2; label := 'x=' || x; END $$;
+SELECT * FROM out_params(21);
+SELECT (out_params(4)).label;
+CREATE FUNCTION noisy(n int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN FOR i IN 1..n LOOP RAISE NOTICE 'step %', i; END LOOP; RAISE WARNING 'done after %', n; RETURN n; END $$;
+SELECT noisy(50);
+CREATE FUNCTION fails(x int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF x > 1 THEN RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'x too big: ' || x, COLUMN = 'x', TABLE = 'events', CONSTRAINT = 'small_x', SCHEMA = 'public', DATATYPE = 'int4'; END IF; RETURN x; END $$;
+SELECT fails(1), fails(2);
+SELECT fails(g) FROM generate_series(1, 3) g;
+SELECT count(*) FROM events;
+DO $$ DECLARE r record; BEGIN FOR r IN SELECT kind FROM events ORDER BY id LIMIT 2 LOOP RAISE INFO 'kind %', r.kind; END LOOP; END $$;
+CALL no_such_procedure();
