@@ -232,7 +232,7 @@ impl ContextProtection {
                 if role_defaults || plain_set {
                     return Some(format!(
                         "{} … RESET ALL clears protected settings",
-                        text_of(text, &toks[..2])
+                        text_of(text, &toks[..toks.len().min(2)])
                     ));
                 }
                 continue;
@@ -241,14 +241,14 @@ impl ContextProtection {
                 Some(name) if self.forbidden(&name, id.kind) => {
                     return Some(format!(
                         "{} sets the protected setting {name}",
-                        text_of(text, &toks[..2])
+                        text_of(text, &toks[..toks.len().min(2)])
                     ))
                 }
                 Some(_) => {}
                 None => {
                     return Some(format!(
                         "{} sets a setting whose name pgward cannot read",
-                        text_of(text, &toks[..2])
+                        text_of(text, &toks[..toks.len().min(2)])
                     ))
                 }
             }
