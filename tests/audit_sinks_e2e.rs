@@ -91,6 +91,8 @@ fn pgbench(args: &[&str], conninfo: &str) -> tokio::process::Command {
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGSERVICE")
         .env_remove("PGOPTIONS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     cmd
 }
