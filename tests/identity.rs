@@ -200,7 +200,21 @@ async fn tenants(c: &Client) -> Vec<String> {
 async fn two_concurrent_jwt_clients_each_see_only_their_tenant() {
     let db = rls_database("id_two_tenants");
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start_proxy(jwt_config(&dir, APP_ROLE, APP_PW)).await;
+    let mut cfg = jwt_config(&dir, APP_ROLE, APP_PW);
+    // Per-user layers follow the verified subject, never the user name a
+    // JWT client merely claims in its startup packet.
+    for (who, tenant) in [("web", "t2"), ("bob", "t2")] {
+        cfg.context.users.insert(
+            who.into(),
+            [(
+                "app.current_service".to_string(),
+                format!("svc-{who}-{tenant}"),
+            )]
+            .into_iter()
+            .collect(),
+        );
+    }
+    let proxy = start_proxy(cfg).await;
     let (ta, tb) = (
         hs_token(&claims("alice", "t1")),
         hs_token(&claims("bob", "t2")),
@@ -224,9 +238,14 @@ async fn two_concurrent_jwt_clients_each_see_only_their_tenant() {
         one(&b, "SELECT current_setting('app.current_user_id')").await,
         "bob"
     );
+    // {user} is the role pgward logged in as, not the claimed "web".
+    assert_eq!(
+        one(&a, "SELECT current_setting('app.current_service')").await,
+        APP_ROLE
+    );
     assert_eq!(
         one(&b, "SELECT current_setting('app.current_service')").await,
-        "web"
+        "svc-bob-t2"
     );
     let sa = one(&a, "SELECT current_setting('app.current_session_id')").await;
     let sb = one(&b, "SELECT current_setting('app.current_session_id')").await;

@@ -93,6 +93,10 @@ pub struct Admission {
     pub claims: Option<serde_json::Value>,
     /// The StartupMessage to send upstream (see [`startup_packet`]).
     pub upstream_startup: bytes::Bytes,
+    /// The Postgres role the session runs as: the client's user name, or
+    /// pgward's login role for verified identities (rules scoped by user
+    /// match this, never a name a JWT client merely claimed).
+    pub user: String,
 }
 
 impl Admission {
@@ -214,26 +218,6 @@ pub async fn admit(
             subject = cert_names.cn.clone().unwrap_or_default();
         }
     }
-    let values = Values {
-        user: startup.user(),
-        database: startup.database(),
-        client_addr,
-        session_id,
-        application_name: startup.param("application_name").unwrap_or(""),
-        jwt: claims.as_ref(),
-        cert_cn: cert_names.cn.as_deref(),
-        cert_san: cert_names.san.as_deref(),
-    };
-    let settings = rt
-        .plan
-        .render(startup.user(), startup.database(), &values)
-        .map_err(|e| {
-            refuse(
-                sqlstate::INVALID_AUTHORIZATION,
-                "context_missing",
-                format!("cannot build the session context: {e}"),
-            )
-        })?;
     let login: Option<Credentials> = match rt.source {
         IdentitySource::Passthrough => None,
         _ => Some(cfg.identity.upstream.resolve().map_err(|e| Refusal {
@@ -245,6 +229,33 @@ pub async fn admit(
             log: e,
         })?),
     };
+    // For verified identities the startup user name is only the client's
+    // say-so: {user} is the role pgward logs in as, and per-user context is
+    // looked up by the verified subject.
+    let (user, layer_key) = match &login {
+        Some(c) => (c.user.clone(), subject.clone()),
+        None => (startup.user().to_string(), startup.user().to_string()),
+    };
+    let values = Values {
+        user: &user,
+        database: startup.database(),
+        client_addr,
+        session_id,
+        application_name: startup.param("application_name").unwrap_or(""),
+        jwt: claims.as_ref(),
+        cert_cn: cert_names.cn.as_deref(),
+        cert_san: cert_names.san.as_deref(),
+    };
+    let settings = rt
+        .plan
+        .render(&layer_key, startup.database(), &values)
+        .map_err(|e| {
+            refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                "context_missing",
+                format!("cannot build the session context: {e}"),
+            )
+        })?;
     let upstream_startup = startup_packet::upstream_packet(
         startup,
         login.as_ref().map(|c| c.user.as_str()),
@@ -267,6 +278,7 @@ pub async fn admit(
         login,
         claims,
         upstream_startup,
+        user,
     })
 }
 
@@ -286,6 +298,7 @@ mod tests {
             login: None,
             claims: Some(serde_json::json!({"sub": "alice", "iss": "https://idp", "email": "a@x"})),
             upstream_startup: bytes::Bytes::new(),
+            user: "rls_app".into(),
         };
         let id = a.audit_identity().unwrap();
         assert_eq!(id["kind"], "jwt");
@@ -299,6 +312,7 @@ mod tests {
             login: None,
             claims: None,
             upstream_startup: bytes::Bytes::new(),
+            user: "rls_app".into(),
         };
         assert!(plain.audit_identity().is_none() && plain.audit_context().is_none());
     }

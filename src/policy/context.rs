@@ -356,6 +356,8 @@ mod tests {
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 't2' AS 'SELECT 1'",
             "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql SET app.tenant_id FROM CURRENT AS $$ SELECT 1 $$",
             "ALTER FUNCTION f() SET app.tenant_id = 't2'",
+            "SET",
+            "RESET",
             "SET ROLE postgres",
             "RESET ROLE",
             "SET SESSION AUTHORIZATION postgres",

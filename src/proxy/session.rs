@@ -191,6 +191,7 @@ async fn run(
     if let Some(info) = audit_info.as_mut() {
         // Verified identities (JWT, certificate) and the pinned context.
         info.identity = admission.audit_identity();
+        info.user = admission.user.clone();
         info.context = admission.audit_context();
     }
 
@@ -232,7 +233,7 @@ async fn run(
     m.upstream_connections.inc();
     let _upstream_open = UpstreamGauge;
     let scope = SessionScope {
-        user: startup.user().to_string(),
+        user: admission.user.clone(),
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),
         client_addr: Some(peer.ip()),
