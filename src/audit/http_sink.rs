@@ -278,7 +278,7 @@ impl HttpSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let body = encode(batch);
+        let body = crate::audit::sink::json_lines(batch);
         let m = sink_metrics();
         let mut refused = false;
         if self.shared.spool_is_empty() {
@@ -363,16 +363,6 @@ impl HttpSink {
                 "audit HTTP sink: cannot record the last event (a restart starts a new chain)");
         }
     }
-}
-
-/// One NDJSON body: every event on its own line.
-fn encode(batch: &[Arc<str>]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(batch.iter().map(|e| e.len() + 1).sum());
-    for e in batch {
-        body.extend_from_slice(e.as_bytes());
-        body.push(b'\n');
-    }
-    body
 }
 
 /// Send spooled batches oldest first until the spool is empty, then sleep
@@ -461,7 +451,7 @@ mod tests {
 
     #[test]
     fn encode_puts_one_event_per_line() {
-        let b = encode(&[Arc::from("{\"a\":1}"), Arc::from("{\"b\":2}")]);
+        let b = crate::audit::sink::json_lines(&[Arc::from("{\"a\":1}"), Arc::from("{\"b\":2}")]);
         assert_eq!(b, b"{\"a\":1}\n{\"b\":2}\n");
     }
 }

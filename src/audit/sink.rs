@@ -21,3 +21,14 @@ pub trait Sink: Send + 'static {
         None
     }
 }
+
+/// A batch as JSON lines (NDJSON): every event followed by `\n`. The file,
+/// stdout and http sinks all write this form.
+pub fn json_lines(batch: &[std::sync::Arc<str>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.iter().map(|e| e.len() + 1).sum());
+    for e in batch {
+        out.extend_from_slice(e.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}

@@ -288,11 +288,7 @@ impl Sink for FileSink {
         batch: &'a [Arc<str>],
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
         Box::pin(async move {
-            let mut buf = Vec::with_capacity(batch.iter().map(|e| e.len() + 1).sum());
-            for e in batch {
-                buf.extend_from_slice(e.as_bytes());
-                buf.push(b'\n');
-            }
+            let buf = crate::audit::sink::json_lines(batch);
             let mut state = self
                 .state
                 .take()
