@@ -489,14 +489,12 @@ impl SessionAudit {
             None => self.front_open(OpKind::Parse),
         };
         if let Some(op) = op {
-            let outcome = Outcome {
-                status: "error".into(),
-                command_tag: None,
-                rows: None,
-                sqlstate: Some(sqlstate.to_string()),
-                message: Some(message.to_string()),
-                duration_us: op.received.elapsed().as_micros() as u64,
-            };
+            let outcome = no_tag(
+                "error",
+                Some(sqlstate.to_string()),
+                Some(message.to_string()),
+                op.received,
+            );
             self.finish(op, outcome);
         }
     }
@@ -511,14 +509,7 @@ impl SessionAudit {
             .into_iter()
             .filter(|o| !o.done && o.kind == OpKind::Run)
         {
-            let outcome = Outcome {
-                status: "skipped".into(),
-                command_tag: None,
-                rows: None,
-                sqlstate: None,
-                message: None,
-                duration_us: op.received.elapsed().as_micros() as u64,
-            };
+            let outcome = no_tag("skipped", None, None, op.received);
             self.finish(op, outcome);
         }
     }
@@ -532,16 +523,8 @@ impl SessionAudit {
                 .into_iter()
                 .filter(|o| !o.done && o.kind == OpKind::Run)
             {
-                let outcome = Outcome {
-                    status: "unknown".into(),
-                    command_tag: None,
-                    rows: None,
-                    sqlstate: None,
-                    message: Some(format!(
-                        "session ended before the server answered: {reason}"
-                    )),
-                    duration_us: op.received.elapsed().as_micros() as u64,
-                };
+                let message = format!("session ended before the server answered: {reason}");
+                let outcome = no_tag("unknown", None, Some(message), op.received);
                 self.finish(op, outcome);
             }
         }
@@ -670,6 +653,24 @@ fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
         }));
     }
     Some(out)
+}
+
+/// An outcome without a CommandComplete: an error, a statement the server
+/// skipped, or one whose answer never came.
+fn no_tag(
+    status: &str,
+    sqlstate: Option<String>,
+    message: Option<String>,
+    received: std::time::Instant,
+) -> Outcome {
+    Outcome {
+        status: status.into(),
+        command_tag: None,
+        rows: None,
+        sqlstate,
+        message,
+        duration_us: received.elapsed().as_micros() as u64,
+    }
 }
 
 #[cfg(test)]
