@@ -8,8 +8,11 @@
 //! Eviction is two-generation ("segmented clear"): entries go into the young
 //! map; when it is full, the old map is dropped and the young one becomes
 //! old. A hit in the old map promotes the entry. This keeps hot entries at
-//! O(1) cost without per-hit bookkeeping. Memory is bounded by
-//! `2 × capacity` entries of at most [`MAX_CACHED_SQL_BYTES`] of text each.
+//! O(1) cost without per-hit bookkeeping. Each lexing mode
+//! (`standard_conforming_strings` on/off) has its own generations, so a
+//! lookup borrows the text instead of building an owned key. Memory is
+//! bounded by `2 × capacity` entries per mode of at most
+//! [`MAX_CACHED_SQL_BYTES`] of text each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +22,7 @@ use super::facts::StatementFacts;
 /// Query strings longer than this are classified every time (not cached).
 pub const MAX_CACHED_SQL_BYTES: usize = 16 * 1024;
 
-type Key = (String, bool);
+type Key = Box<str>;
 type Entry = Arc<Vec<StatementFacts>>;
 
 #[derive(Default)]
@@ -31,7 +34,8 @@ struct Generations {
 /// The facts cache. `Send + Sync`.
 pub struct FactsCache {
     capacity: usize,
-    inner: Mutex<Generations>,
+    /// Indexed by `standard_conforming_strings as usize`.
+    inner: Mutex<[Generations; 2]>,
 }
 
 impl FactsCache {
@@ -39,7 +43,7 @@ impl FactsCache {
     pub fn new(capacity: usize) -> Self {
         FactsCache {
             capacity,
-            inner: Mutex::new(Generations::default()),
+            inner: Mutex::new(Default::default()),
         }
     }
 
@@ -49,13 +53,13 @@ impl FactsCache {
         }
         // A poisoned lock only means another thread panicked mid-insert;
         // the maps are still valid, so keep using them.
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (sql.to_string(), scs);
-        if let Some(e) = g.young.get(&key) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = &mut guard[usize::from(scs)];
+        if let Some(e) = g.young.get(sql) {
             return Some(e.clone());
         }
-        let e = g.old.remove(&key)?;
-        Self::insert_locked(&mut g, self.capacity, key, e.clone());
+        let (key, e) = g.old.remove_entry(sql)?;
+        Self::insert_locked(g, self.capacity, key, e.clone());
         Some(e)
     }
 
@@ -63,8 +67,13 @@ impl FactsCache {
         if self.capacity == 0 || sql.len() > MAX_CACHED_SQL_BYTES {
             return;
         }
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Self::insert_locked(&mut g, self.capacity, (sql.to_string(), scs), facts);
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Self::insert_locked(
+            &mut guard[usize::from(scs)],
+            self.capacity,
+            sql.into(),
+            facts,
+        );
     }
 
     fn insert_locked(g: &mut Generations, cap: usize, key: Key, e: Entry) {
@@ -77,7 +86,7 @@ impl FactsCache {
     /// Number of cached entries (both generations).
     pub fn len(&self) -> usize {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.young.len() + g.old.len()
+        g.iter().map(|g| g.young.len() + g.old.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,6 +108,13 @@ mod tests {
         assert!(c.get("select 9", true).is_some());
         assert!(c.get("select 0", true).is_none());
         assert!(c.get("select 9", false).is_none());
+        // The other lexing mode has its own entries and bound.
+        for i in 0..10 {
+            c.put(&format!("select {i}"), false, Arc::new(Vec::new()));
+            assert!(c.len() <= 8);
+        }
+        assert!(c.get("select 9", false).is_some());
+        assert!(c.get("select 9", true).is_some());
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<FactsCache>();
     }

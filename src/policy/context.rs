@@ -189,9 +189,11 @@ impl ContextProtection {
             .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
             .split(|c: char| !c.is_ascii_alphabetic())
             .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if !unparsed && first != "alter" && first != "create" {
+            .unwrap_or("");
+        if !unparsed
+            && !first.eq_ignore_ascii_case("alter")
+            && !first.eq_ignore_ascii_case("create")
+        {
             return None;
         }
         let Ok(lexed) = lexer::lex(text, LexOptions::default()) else {
@@ -260,7 +262,7 @@ impl ContextProtection {
 /// How many `set_config(` calls the text holds (identifier followed by a
 /// parenthesis; strings and comments do not count).
 fn set_config_calls(text: &str) -> usize {
-    if !text.to_ascii_lowercase().contains("set_config") {
+    if !mentions_set_config(text.as_bytes()) {
         return 0;
     }
     let Ok(lexed) = lexer::lex(text, LexOptions::default()) else {
@@ -271,6 +273,19 @@ fn set_config_calls(text: &str) -> usize {
         .windows(2)
         .filter(|w| is_set_config_word(text, &w[0]) && w[1].kind == TokenKind::LParen)
         .count()
+}
+
+/// Whether `text` spells `set_config` in any letter case. Anchored on the
+/// `_`, which is rare in SQL text, so the usual statement is one byte scan.
+fn mentions_set_config(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, &c)| {
+        c == b'_'
+            && i >= 3
+            && text[i - 3..i].eq_ignore_ascii_case(b"set")
+            && text
+                .get(i + 1..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
+    })
 }
 
 fn is_set_config_word(text: &str, t: &Token) -> bool {
@@ -324,6 +339,28 @@ mod tests {
             kind: IdentityKind::Jwt,
             subject: "alice".into(),
             pinned: true,
+        }
+    }
+
+    #[test]
+    fn set_config_is_found_in_any_case_and_position() {
+        for text in [
+            "set_config(",
+            "SELECT Set_Config('a','b',false)",
+            "x SET_CONFIG",
+        ] {
+            assert!(mentions_set_config(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "",
+            "_",
+            "set_",
+            "_config",
+            "set config",
+            "reset_conf",
+            "select 1",
+        ] {
+            assert!(!mentions_set_config(text.as_bytes()), "{text}");
         }
     }
 

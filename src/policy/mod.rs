@@ -249,18 +249,15 @@ impl Policy {
         prepared: &PreparedRegistry,
     ) -> Evaluation {
         let facts = self.facts(sql, lex);
-        // PREPAREs earlier in the same string are visible to later EXECUTEs.
-        let mut local: Option<PreparedRegistry> = None;
-        let mut statements = Vec::with_capacity(facts.len());
-        for f in facts.iter() {
-            let reg = local.as_ref().unwrap_or(prepared);
-            statements.push(resolve_execute(f, reg));
-            if let Some((name, body)) = &f.prepare {
-                local
-                    .get_or_insert_with(|| prepared.clone())
-                    .record_prepare(name, (**body).clone());
-            }
-        }
+        let statements = if facts
+            .iter()
+            .any(|f| f.execute.is_some() || f.prepare.is_some())
+        {
+            resolve_prepared(&facts, prepared)
+        } else {
+            // A template instance is ours alone: no copy.
+            Arc::try_unwrap(facts).unwrap_or_else(|shared| (*shared).clone())
+        };
         let mut verdict = self.decide(&statements, scope);
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
             verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
@@ -521,6 +518,23 @@ impl Policy {
 /// `EXECUTE name` of a known prepared statement gets its body's facts
 /// (kind Execute, executed kinds Execute + the body's). Unknown names are
 /// left alone (allowed: Postgres will raise the error itself).
+/// The facts with each `EXECUTE name` replaced by what `name` does;
+/// PREPAREs earlier in the same string are visible to later EXECUTEs.
+fn resolve_prepared(facts: &[StatementFacts], prepared: &PreparedRegistry) -> Vec<StatementFacts> {
+    let mut local: Option<PreparedRegistry> = None;
+    let mut statements = Vec::with_capacity(facts.len());
+    for f in facts {
+        let reg = local.as_ref().unwrap_or(prepared);
+        statements.push(resolve_execute(f, reg));
+        if let Some((name, body)) = &f.prepare {
+            local
+                .get_or_insert_with(|| prepared.clone())
+                .record_prepare(name, (**body).clone());
+        }
+    }
+    statements
+}
+
 fn resolve_execute(f: &StatementFacts, prepared: &PreparedRegistry) -> StatementFacts {
     let Some(name) = &f.execute else {
         return f.clone();

@@ -132,6 +132,9 @@ pub struct Scope {
     except_databases: Vec<String>,
     except_applications: Vec<String>,
     except_cidrs: Vec<Cidr>,
+    /// No list at all: the rule applies to every session (the usual case,
+    /// checked without touching the session's strings).
+    universal: bool,
 }
 
 fn cidrs(rule: &str, v: &[String]) -> Result<Vec<Cidr>, PolicyError> {
@@ -147,7 +150,7 @@ fn cidrs(rule: &str, v: &[String]) -> Result<Vec<Cidr>, PolicyError> {
 
 impl Scope {
     fn compile(rule: &str, c: &ScopeConfig) -> Result<Scope, PolicyError> {
-        Ok(Scope {
+        let mut scope = Scope {
             users: c.users.clone(),
             databases: c.databases.clone(),
             applications: c.applications.clone(),
@@ -156,13 +159,26 @@ impl Scope {
             except_databases: c.except_databases.clone(),
             except_applications: c.except_applications.clone(),
             except_cidrs: cidrs(rule, &c.except_client_cidrs)?,
-        })
+            universal: false,
+        };
+        scope.universal = scope.users.is_empty()
+            && scope.databases.is_empty()
+            && scope.applications.is_empty()
+            && scope.cidrs.is_empty()
+            && scope.except_users.is_empty()
+            && scope.except_databases.is_empty()
+            && scope.except_applications.is_empty()
+            && scope.except_cidrs.is_empty();
+        Ok(scope)
     }
 
     /// Does the rule apply to this session? Every non-empty inclusion list
     /// must match, and no exclusion list may match. A session without a
     /// client address (unix socket) matches no CIDR.
     pub fn applies(&self, s: &SessionScope) -> bool {
+        if self.universal {
+            return true;
+        }
         let any = |pats: &[String], v: &str| pats.iter().any(|p| glob(p, v));
         let ip_in = |c: &[Cidr]| {
             s.client_addr

@@ -23,10 +23,59 @@ use crate::admin::metrics::metrics;
 use crate::wire::errors::{sqlstate, PgError};
 use crate::wire::frame::{self, frontend};
 
-/// Read buffers start at this size and are kept at least this free before a read.
+/// Read size while traffic is interactive: one read per round trip.
 const READ_CHUNK: usize = 8 * 1024;
-/// A buffer that grew past this for one huge frame is released once drained.
-const SHRINK_ABOVE: usize = 1024 * 1024;
+/// Largest read size, reached while reads keep filling the buffer.
+const BULK_CHUNK: usize = 64 * 1024;
+
+/// Sizes each direction's reads. Interactive traffic reads 8 KiB at a time;
+/// while reads keep filling all the room offered (COPY, large result sets)
+/// the size doubles up to 64 KiB, so a bulk transfer costs an eighth of the
+/// system calls. When reads come back small again the size returns to 8 KiB
+/// and a drained buffer gives its memory back before the session idles.
+struct ReadSizer {
+    chunk: usize,
+    /// Drop the allocation at the next drained point: it grew for a bulk
+    /// transfer or one large frame. (An advanced `BytesMut` reports only
+    /// the room after its cursor, so its size cannot be read back.)
+    release: bool,
+}
+
+impl ReadSizer {
+    fn new() -> Self {
+        ReadSizer {
+            chunk: READ_CHUNK,
+            release: false,
+        }
+    }
+
+    /// Make room for the next read; returns the room offered.
+    fn prepare(&mut self, buf: &mut BytesMut) -> usize {
+        if buf.is_empty() && self.release {
+            *buf = BytesMut::with_capacity(self.chunk);
+            self.release = false;
+        }
+        if buf.capacity() - buf.len() < self.chunk / 2 {
+            buf.reserve(self.chunk);
+        }
+        buf.capacity() - buf.len()
+    }
+
+    /// Learn from a read of `n` bytes into `offered` bytes of room.
+    fn observe(&mut self, offered: usize, n: usize) {
+        if n >= offered {
+            self.chunk = (self.chunk * 2).min(BULK_CHUNK);
+        } else if n < offered / 4 && self.chunk > READ_CHUNK {
+            self.chunk = READ_CHUNK;
+            self.release = true;
+        }
+    }
+
+    /// The buffer is being grown to hold a whole frame of `len` bytes.
+    fn hold_frame(&mut self, len: usize) {
+        self.release |= len > BULK_CHUNK;
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelayLimits {
@@ -120,15 +169,6 @@ fn lock(seams: &Mutex<SessionSeams>) -> std::sync::MutexGuard<'_, SessionSeams> 
     seams.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn ensure_read_space(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
-    }
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn pump_frontend(
     mut reader: ReadHalf<ClientStream>,
@@ -144,6 +184,7 @@ async fn pump_frontend(
 ) -> RelayEnd {
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
+    let mut sizer = ReadSizer::new();
     let tracking = lock(seams).tracking_flag();
     // Auditing follows every Execute back to its statement.
     let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
@@ -173,6 +214,7 @@ async fn pump_frontend(
                     && SessionSeams::wants_tracked_frontend(header.tag))
             {
                 if buf.len() - pos < header.frame_len {
+                    sizer.hold_frame(header.frame_len);
                     buf.reserve(header.frame_len - (buf.len() - pos));
                     break;
                 }
@@ -228,7 +270,7 @@ async fn pump_frontend(
             return RelayEnd::ClientProtocolViolation(reason);
         }
 
-        ensure_read_space(&mut buf);
+        let offered = sizer.prepare(&mut buf);
         let read = loop {
             let at_boundary = buf.is_empty() && passthrough == 0;
             let phase = *shutdown.borrow_and_update();
@@ -289,7 +331,7 @@ async fn pump_frontend(
         };
         match read {
             Ok(0) => return RelayEnd::ClientClosed,
-            Ok(_) => {}
+            Ok(n) => sizer.observe(offered, n),
             Err(e) => return RelayEnd::ClientIo(e),
         }
     }
@@ -381,6 +423,7 @@ async fn pump_backend(
     ),
 ) -> RelayEnd {
     let mut passthrough = 0usize;
+    let mut sizer = ReadSizer::new();
     let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
     loop {
         let mut start = 0usize;
@@ -411,6 +454,7 @@ async fn pump_backend(
             };
             if SessionSeams::wants_backend(header.tag) {
                 if buf.len() - pos < header.frame_len {
+                    sizer.hold_frame(header.frame_len);
                     buf.reserve(header.frame_len - (buf.len() - pos));
                     break;
                 }
@@ -461,11 +505,47 @@ async fn pump_backend(
         if let Some(audit) = &audit {
             queue_audit_events(seams, audit).await;
         }
-        ensure_read_space(&mut buf);
+        let offered = sizer.prepare(&mut buf);
         match reader.read_buf(&mut buf).await {
             Ok(0) => return RelayEnd::ServerClosed,
-            Ok(_) => {}
+            Ok(n) => sizer.observe(offered, n),
             Err(e) => return RelayEnd::ServerIo(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_while_they_fill_and_shrink_when_traffic_calms() {
+        let mut sizer = ReadSizer::new();
+        let mut buf = BytesMut::new();
+        let mut offered = sizer.prepare(&mut buf);
+        assert!((READ_CHUNK / 2..=2 * READ_CHUNK).contains(&offered));
+        for _ in 0..10 {
+            // A read fills the room, the relay forwards and drains it.
+            buf.resize(buf.len() + offered, 0);
+            sizer.observe(offered, offered);
+            buf.advance(buf.len());
+            offered = sizer.prepare(&mut buf);
+        }
+        assert_eq!(sizer.chunk, BULK_CHUNK);
+        assert!(offered >= BULK_CHUNK / 2);
+        // A small read: back to interactive size, memory released once drained.
+        buf.resize(10, 0);
+        sizer.observe(offered, 10);
+        assert_eq!(sizer.chunk, READ_CHUNK);
+        buf.advance(10);
+        let offered = sizer.prepare(&mut buf);
+        assert!(offered <= 2 * READ_CHUNK, "{offered}");
+        // A buffer holding part of a large frame is kept until drained.
+        sizer.hold_frame(10 * BULK_CHUNK);
+        buf.extend_from_slice(&[1; 100]);
+        sizer.prepare(&mut buf);
+        assert_eq!(&buf[..], &[1; 100][..]);
+        buf.advance(100);
+        assert!(sizer.prepare(&mut buf) <= 2 * READ_CHUNK);
     }
 }

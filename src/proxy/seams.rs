@@ -96,6 +96,11 @@ pub struct SessionSeams {
     retag: Retagger,
     /// The session's audit trail, when auditing is on.
     pub audit: Option<Box<SessionAudit>>,
+    /// Lexing options and encoding hazard derived from `server_params`,
+    /// kept current at each ParameterStatus rather than looked up per
+    /// statement.
+    lex: LexOptions,
+    unsafe_encoding: Option<String>,
 }
 
 impl SessionSeams {
@@ -120,6 +125,8 @@ impl SessionSeams {
             in_flight: VecDeque::new(),
             retag: Retagger::default(),
             audit: None,
+            lex: LexOptions::default(),
+            unsafe_encoding: None,
         }
     }
 
@@ -160,18 +167,27 @@ impl SessionSeams {
     }
 
     fn lex_options(&self) -> LexOptions {
-        LexOptions {
+        self.lex
+    }
+
+    /// Re-derive what statements are lexed with after a ParameterStatus.
+    fn parameters_changed(&mut self) {
+        self.lex = LexOptions {
             standard_conforming_strings: self
                 .server_params
                 .get("standard_conforming_strings")
                 .is_none_or(|v| v.eq_ignore_ascii_case("on")),
-        }
+        };
+        self.unsafe_encoding = self
+            .server_params
+            .get("client_encoding")
+            .filter(|enc| UNSAFE_ENCODINGS.iter().any(|u| u.eq_ignore_ascii_case(enc)))
+            .cloned();
     }
 
     fn unsafe_encoding(&self, text: &str) -> Option<String> {
-        let enc = self.server_params.get("client_encoding")?;
-        let upper = enc.to_ascii_uppercase();
-        (UNSAFE_ENCODINGS.contains(&upper.as_str()) && !text.is_ascii()).then(|| {
+        let enc = self.unsafe_encoding.as_ref()?;
+        (!text.is_ascii()).then(|| {
             format!("client_encoding {enc} can hide quote bytes inside multibyte characters")
         })
     }
@@ -424,6 +440,7 @@ impl SessionSeams {
                         String::from_utf8_lossy(name).into_owned(),
                         String::from_utf8_lossy(value).into_owned(),
                     );
+                    self.parameters_changed();
                 }
             }
             backend::COMMAND_COMPLETE => {
