@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # pgward benchmark: direct Postgres vs PgBouncer (session mode) vs pgward
-# (default policy) vs pgward (policy off). See bench/README.md.
+# (default policy) vs pgward (policy off), plus pgward-audit (default policy,
+# every statement audited to a file) on the select-only workloads.
+# See bench/README.md.
 #
 #   DURATION=10 bash bench/run.sh
+#   AUDIT_ONLY=1 DURATION=10 bash bench/run.sh   # select-only, pgward vs pgward-audit
 #
 # Environment knobs (defaults in brackets):
 #   DURATION [10]      seconds per pgbench run
@@ -12,7 +15,9 @@
 #   IDLE_AUTH_N [1000] authenticated idle clients;  IDLE_RAW_N [10000] pre-startup idle sockets
 #   MAX_LOAD [1.5] / LOAD_WAIT_SECS [600]  wait (polling every 30 s) for the 1-min load average
 #                      to drop below MAX_LOAD before measuring; LOAD_WAIT_SECS=0 skips
-#   BASE_PORT [25400]  ports BASE+32 .. BASE+37 are used
+#   AUDIT_ONLY=1       only the select-only workloads, only pgward and pgward-audit
+#                      (no PgBouncer, COPY or idle memory): the audit cost, quickly
+#   BASE_PORT [25400]  ports BASE+32 .. BASE+38 are used
 #   PGWARD_BIN         use this binary instead of `cargo build --release`
 #   KEEP_TMP=1         keep the temp dir (logs, configs) after the run
 set -euo pipefail
@@ -33,6 +38,8 @@ PGBPORT=$((BASE + 33))  # PgBouncer
 PWA=$((BASE + 34))      # pgward, built-in defaults (policy on)
 PWB=$((BASE + 35))      # pgward, policy off
 PWI=$((BASE + 36))      # pgward, idle-memory config (and BASE+37 for the second one)
+PWAUD=$((BASE + 38))    # pgward, default policy + audit of every statement to a file
+AUDIT_ONLY=${AUDIT_ONLY:-0}
 
 say() { echo "# $*"; }
 die() { echo "bench: $*" >&2; exit 1; }
@@ -63,11 +70,11 @@ fi
 PGBENCH=$PGBIN/pgbench; [[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench)
 PSQL=$PGBIN/psql;       [[ -x $PSQL ]] || PSQL=$(command -v psql)
 
-if ! command -v pgbouncer >/dev/null; then
+if [[ $AUDIT_ONLY != 1 ]] && ! command -v pgbouncer >/dev/null; then
   say "installing pgbouncer (apt-get)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null
 fi
-PGBOUNCER=$(command -v pgbouncer)
+PGBOUNCER=$(command -v pgbouncer || echo pgbouncer)
 # The Debian package enables a systemd unit; we never use it (no systemd here).
 
 # ---------------------------------------------------------------- load
@@ -121,6 +128,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" \
 wait_sql "$PGPORT"
 
 # ---------------------------------------------------------------- 3. PgBouncer (session mode)
+if [[ $AUDIT_ONLY != 1 ]]; then
 cat >"$DIR/userlist.txt" <<EOF
 "postgres" ""
 EOF
@@ -144,8 +152,9 @@ EOF
 chown postgres: "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
 runuser -u postgres -- "$PGBOUNCER" -d "$DIR/pgbouncer.ini"
 wait_sql "$PGBPORT"
+fi
 
-# ---------------------------------------------------------------- 4. pgward x2
+# ---------------------------------------------------------------- 4. pgward x3
 cat >"$DIR/off.toml" <<'EOF'
 # policy off: no statement is parsed or judged; pgward is a plain relay.
 [policy]
@@ -157,16 +166,31 @@ max_client_connections = $((IDLE_RAW_N + IDLE_AUTH_N + 100))
 [timeouts]
 startup_secs = 300
 EOF
+# pgward-audit: built-in policy, every statement (READ included) audited to
+# a file sink with fsync = "interval" (the default), literals redacted.
+mkdir -p "$DIR/audit"
+cat >"$DIR/audit.toml" <<EOF
+[audit.filter]
+classes = ["ALL"]
+[[audit.sinks]]
+type = "file"
+path = "$DIR/audit/audit.jsonl"
+fsync = "interval"
+EOF
 "$PGWARD" check "$DIR/off.toml" >/dev/null
 "$PGWARD" check "$DIR/idle.toml" >/dev/null
+"$PGWARD" check "$DIR/audit.toml" >/dev/null
 
 # pgward A: no config file = built-in defaults (policy on).
 "$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 &
 PIDS+=($!)
 "$PGWARD" run --config "$DIR/off.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-off.log" 2>&1 &
 PIDS+=($!)
+"$PGWARD" run --config "$DIR/audit.toml" --listen "127.0.0.1:$PWAUD" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-audit.log" 2>&1 &
+PIDS+=($!)
 wait_sql "$PWA"
 wait_sql "$PWB"
+wait_sql "$PWAUD"
 # sanity: the default policy really is on, policy-off really is off
 if "$PSQL" -X -q -h 127.0.0.1 -p "$PWA" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then
   die "default pgward did not block an unqualified DELETE"
@@ -174,6 +198,15 @@ fi
 grep -q 'blocked' "$DIR/chk" || die "default pgward: unexpected error: $(cat "$DIR/chk")"
 if "$PSQL" -X -q -h 127.0.0.1 -p "$PWB" -U postgres -d postgres -c 'delete from pgbench_nope' >/dev/null 2>"$DIR/chk"; then :; fi
 grep -q 'does not exist' "$DIR/chk" || die "policy-off pgward: expected 'does not exist', got: $(cat "$DIR/chk")"
+# sanity: pgward-audit writes a READ event for a plain select (batches reach
+# the file right away; fsync only decides when they are synced).
+"$PSQL" -X -q -h 127.0.0.1 -p "$PWAUD" -U postgres -d postgres -Atc 'select 4242 as audit_probe' >/dev/null
+for i in $(seq 1 50); do
+  grep -q '"class":"READ".*audit_probe' "$DIR/audit/audit.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q '"class":"READ".*audit_probe' "$DIR/audit/audit.jsonl" || die "pgward-audit did not audit a READ statement"
+audit_events() { cat "$DIR"/audit/audit*.jsonl 2>/dev/null | grep -c '"type":"statement"' || true; }
 
 # ---------------------------------------------------------------- 5. pgbench -i (directly)
 say "pgbench -i -s $SCALE (direct to Postgres)"
@@ -187,7 +220,7 @@ TARGETS=(direct pgbouncer pgward pgward-off)
 port_of() {
   case $1 in
     direct) echo "$PGPORT" ;; pgbouncer) echo "$PGBPORT" ;;
-    pgward) echo "$PWA" ;; pgward-off) echo "$PWB" ;;
+    pgward) echo "$PWA" ;; pgward-off) echo "$PWB" ;; pgward-audit) echo "$PWAUD" ;;
   esac
 }
 WORKLOADS=(
@@ -210,19 +243,37 @@ WNAMES=(
   "tpc-b prepared c8"
   "connect churn -C select c4"
 )
+if [[ $AUDIT_ONLY == 1 ]]; then
+  TARGETS=(pgward pgward-audit)
+  WORKLOADS=("${WORKLOADS[@]:0:6}")
+  WNAMES=("${WNAMES[@]:0:6}")
+fi
+# The targets of workload $1: pgward-audit joins the select-only ones.
+targets_of() {
+  if [[ $AUDIT_ONLY != 1 && ${WNAMES[$1]} == select-only* ]]; then
+    echo "${TARGETS[@]}" pgward-audit
+  else
+    echo "${TARGETS[@]}"
+  fi
+}
+AUDIT_TX=0
 RES=$DIR/pgbench.tsv
 : >"$RES"
 say "pgbench: ${#WORKLOADS[@]} workloads x ${#TARGETS[@]} targets x ${ROUNDS} round(s) x ${DURATION}s, load now $(load1)"
 for ((r = 0; r < ROUNDS; r++)); do
   for ((w = 0; w < ${#WORKLOADS[@]}; w++)); do
-    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
-      t=${TARGETS[$(((k + w + r) % ${#TARGETS[@]}))]}   # rotate the order per workload/round
+    read -r -a wt <<<"$(targets_of "$w")"
+    for ((k = 0; k < ${#wt[@]}; k++)); do
+      t=${wt[$(((k + w + r) % ${#wt[@]}))]}   # rotate the order per workload/round
       out=$DIR/pgbench-$r-$w-$t.log
       # shellcheck disable=SC2086
       if "$PGBENCH" -h 127.0.0.1 -p "$(port_of "$t")" -U postgres -n -T "$DURATION" ${WORKLOADS[$w]} postgres >"$out" 2>&1; then
         tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
         failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
+        if [[ $t == pgward-audit ]]; then
+          AUDIT_TX=$((AUDIT_TX + $(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)))
+        fi
         [[ -n "$failed" && "$failed" != 0 ]] && say "WARNING: $t ${WNAMES[$w]}: $failed failed transactions"
       else
         say "FAILED: $t ${WNAMES[$w]}: $(tail -3 "$out" | tr '\n' ' ')"
@@ -234,6 +285,16 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
+# Every pgbench transaction through pgward-audit is one audited statement
+# (the last batches may still be on their way to the file).
+for i in $(seq 1 20); do
+  AUDIT_EVENTS=$(audit_events)
+  (( AUDIT_EVENTS >= AUDIT_TX )) && break
+  sleep 0.5
+done
+(( AUDIT_EVENTS >= AUDIT_TX )) || die "pgward-audit: $AUDIT_EVENTS statement events for $AUDIT_TX transactions"
+
+if [[ $AUDIT_ONLY != 1 ]]; then
 # ---------------------------------------------------------------- 7. COPY
 COPYRES=$DIR/copy.tsv
 : >"$COPYRES"
@@ -315,6 +376,7 @@ start_idle_pgward $((PWI + 1))
 idle_measure "pgward pre-startup (TCP only, no startup packet)" "$IDLE_PID" $((PWI + 1)) "$IDLE_RAW_N" --no-startup
 stop_idle_pgward
 idle_measure "pgbouncer authenticated (reference)" "$(cat "$DIR/pgbouncer.pid")" "$PGBPORT" "$IDLE_AUTH_N"
+fi
 
 LOAD_AFTER=$(cat /proc/loadavg)
 
@@ -330,15 +392,37 @@ awk -F'\t' '
     for (i = 1; i <= no; i++) { k = order[i]; split(k, p, SUBSEP); wl[p[1]] = 1 }
     nw = 0
     for (i = 1; i <= no; i++) { split(order[i], p, SUBSEP); if (!(p[1] in seen)) { seen[p[1]] = 1; ws[++nw] = p[1] } }
-    split("direct pgbouncer pgward pgward-off", ts, " ")
-    for (w = 1; w <= nw; w++) for (j = 1; j <= 4; j++) {
+    split("direct pgbouncer pgward pgward-off pgward-audit", ts, " ")
+    for (w = 1; w <= nw; w++) for (j = 1; j <= 5; j++) {
       k = ws[w] SUBSEP ts[j]; if (!(k in n)) continue
       d = ws[w] SUBSEP "direct"; b = ws[w] SUBSEP "pgbouncer"
-      T = tps[k] / n[k]; L = lat[k] / n[k]; TD = tps[d] / n[d]; LD = lat[d] / n[d]; TB = tps[b] / n[b]
-      printf "| %s | %s | %.0f | %.3f | %+.3f | %.3f | %.3f |\n", ws[w], ts[j], T, L, L - LD, (TD > 0 ? T / TD : 0), (TB > 0 ? T / TB : 0)
+      T = tps[k] / n[k]; L = lat[k] / n[k]
+      # AUDIT_ONLY runs have no direct/pgbouncer reference: "-".
+      if (d in n) { TD = tps[d] / n[d]; dl = sprintf("%+.3f", L - lat[d] / n[d]); dr = sprintf("%.3f", TD > 0 ? T / TD : 0) } else { dl = "-"; dr = "-" }
+      if (b in n) { TB = tps[b] / n[b]; br = sprintf("%.3f", TB > 0 ? T / TB : 0) } else { br = "-" }
+      printf "| %s | %s | %.0f | %.3f | %s | %s | %s |\n", ws[w], ts[j], T, L, dl, dr, br
     }
   }' "$RES"
 
+echo
+echo "## Audit cost (select-only; pgward-audit = default policy + every statement to a file sink, fsync = interval)"
+echo
+echo "$AUDIT_EVENTS statement events written for $AUDIT_TX pgward-audit transactions."
+echo
+awk -F'\t' '
+  $2 == "pgward" || $2 == "pgward-audit" { k = $1 SUBSEP $2; if (!($1 in seen)) { seen[$1] = 1; ws[++nw] = $1 } n[k]++; tps[k] += $3 }
+  END {
+    print "| workload | pgward TPS | pgward-audit TPS | ratio audit/pgward | audit cost |"
+    print "|---|---:|---:|---:|---:|"
+    for (w = 1; w <= nw; w++) {
+      a = ws[w] SUBSEP "pgward"; b = ws[w] SUBSEP "pgward-audit"
+      if (!(a in n) || !(b in n)) continue
+      A = tps[a] / n[a]; B = tps[b] / n[b]; r = (A > 0 ? B / A : 0)
+      printf "| %s | %.0f | %.0f | %.3f | %.1f %% |\n", ws[w], A, B, r, (1 - r) * 100
+    }
+  }' "$RES"
+
+if [[ $AUDIT_ONLY != 1 ]]; then
 echo
 echo "## COPY ($COPY_ROWS rows, $(awk -v b="$COPY_BYTES" 'BEGIN{printf "%.1f", b / 1e6}') MB of text per run; median of $COPY_REPS runs, psql wall time)"
 echo
@@ -360,6 +444,7 @@ echo
 echo "| what | clients | RSS before KiB | RSS after KiB | sockets held (+fds) | KiB per client |"
 echo "|---|---:|---:|---:|---:|---:|"
 awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$IDLERES"
+fi
 
 echo
 echo "load average before: $LOAD_BEFORE"
