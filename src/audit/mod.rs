@@ -22,6 +22,7 @@ pub mod net_tls;
 pub mod pipeline;
 pub mod postgres_sink;
 pub mod redact;
+pub mod redact_cache;
 pub mod session;
 pub mod sink;
 pub mod sink_metrics;

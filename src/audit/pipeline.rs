@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use super::chain::Chain;
 use super::config::{AuditConfig, OnFull};
 use super::event::Event;
+use super::redact_cache::RedactCache;
 use super::sink::Sink;
 use super::sinks;
 use crate::admin::metrics::metrics;
@@ -29,6 +30,7 @@ pub struct Audit {
     tx: mpsc::Sender<Arc<str>>,
     close: Arc<Notify>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    redactions: RedactCache,
 }
 
 /// A reserved queue slot: the event it carries cannot be refused.
@@ -74,11 +76,17 @@ impl Audit {
             tx,
             close,
             tasks: std::sync::Mutex::new(tasks),
+            redactions: RedactCache::default(),
         })))
     }
 
     pub fn config(&self) -> &AuditConfig {
         &self.config
+    }
+
+    /// Redactions of statement texts seen before (shared by all sessions).
+    pub fn redactions(&self) -> &RedactCache {
+        &self.redactions
     }
 
     /// Queue an event, honouring `on_full`: `block` waits for room,

@@ -8,9 +8,11 @@
 //! lower case, comments and spacing dropped), so one statement shape has one
 //! fingerprint whatever its literals.
 
+use std::fmt::Write as _;
+
 use sha2::{Digest, Sha256};
 
-use crate::policy::lexer::{self, LexOptions, TokenKind};
+use crate::policy::lexer::{self, LexOptions, Lexed, Token, TokenKind};
 
 /// The text written in place of a password.
 pub const PASSWORD_MASK: &str = "'[redacted]'";
@@ -42,64 +44,119 @@ fn is_string(kind: TokenKind) -> bool {
 
 /// Redact `sql`, keep at most `max_bytes` of the result.
 pub fn redact(sql: &str, literals: bool, max_bytes: usize, opts: LexOptions) -> Redacted {
-    let Ok(lexed) = lexer::lex(sql, opts) else {
-        let fingerprint = fingerprint_of(sql.as_bytes());
-        let text = if literals {
-            UNLEXABLE.to_string()
-        } else {
-            sql.to_string()
-        };
-        return Redacted {
-            sql: truncate(text, max_bytes),
-            fingerprint,
-        };
-    };
-    let tokens = &lexed.tokens;
-    let mut next_param = tokens
-        .iter()
-        .filter(|t| t.kind == TokenKind::Param)
-        .filter_map(|t| lexer::text(sql, t).get(1..)?.parse::<u32>().ok())
-        .max()
-        .unwrap_or(0);
+    match lexer::lex(sql, opts) {
+        Ok(lexed) => redact_tokens(sql, &lexed.tokens, 0, literals, max_bytes)
+            .expect("tokens lexed from the text itself fit it"),
+        Err(_) => unlexable(sql, literals, max_bytes),
+    }
+}
+
+/// [`redact`] from tokens the policy already lexed: `tokens` are those of
+/// `sql`, with spans offset by `base` (they were lexed from a longer string
+/// in which `sql` starts at `base`). `None` if a span does not fit `sql`.
+pub fn redact_tokens(
+    sql: &str,
+    tokens: &[Token],
+    base: usize,
+    literals: bool,
+    max_bytes: usize,
+) -> Option<Redacted> {
+    let text_of =
+        |t: &Token| sql.get(t.span.start.checked_sub(base)?..t.span.end.checked_sub(base)?);
+    let mut next_param = 0u32;
+    for t in tokens.iter().filter(|t| t.kind == TokenKind::Param) {
+        if let Some(n) = text_of(t)?.get(1..).and_then(|n| n.parse::<u32>().ok()) {
+            next_param = next_param.max(n);
+        }
+    }
     let mut norm_param = next_param;
     let mut out = String::with_capacity(sql.len());
     let mut norm = String::with_capacity(sql.len());
     let mut copied = 0usize;
-    for (i, t) in tokens.iter().enumerate() {
-        let text = lexer::text(sql, t);
-        let after_password = i > 0 && lexer::is_kw(sql, &tokens[i - 1], "password");
+    let mut after_password = false;
+    for t in tokens {
+        let text = text_of(t)?;
+        let start = t.span.start - base;
         // A sign glued to a number literal is part of the literal (`-1`).
-        let replacement = if literals && is_literal(t.kind) {
+        let mask = if literals && is_literal(t.kind) {
             next_param += 1;
-            Some(format!("${next_param}"))
+            Some(None)
         } else if after_password && is_string(t.kind) {
-            Some(PASSWORD_MASK.to_string())
+            Some(Some(PASSWORD_MASK))
         } else {
             None
         };
         if !norm.is_empty() {
             norm.push(' ');
         }
-        if let Some(r) = &replacement {
-            out.push_str(&sql[copied..t.span.start]);
-            out.push_str(r);
-            copied = t.span.end;
+        if let Some(mask) = mask {
+            out.push_str(&sql[copied..start]);
+            match mask {
+                Some(m) => out.push_str(m),
+                None => {
+                    let _ = write!(out, "${next_param}");
+                }
+            }
+            copied = start + text.len();
         }
         // The fingerprint numbers literals the same way whether or not the
         // text keeps them.
         if is_literal(t.kind) {
             norm_param += 1;
-            norm.push_str(&format!("${norm_param}"));
+            let _ = write!(norm, "${norm_param}");
         } else if t.kind == TokenKind::Word {
-            norm.push_str(&text.to_ascii_lowercase());
+            norm.extend(text.chars().map(|c| c.to_ascii_lowercase()));
         } else {
             norm.push_str(text);
         }
+        after_password = t.kind == TokenKind::Word && text.eq_ignore_ascii_case("password");
     }
     out.push_str(&sql[copied..]);
-    Redacted {
+    Some(Redacted {
         sql: truncate(out, max_bytes),
         fingerprint: fingerprint_of(norm.as_bytes()),
+    })
+}
+
+/// The policy's lex of a text it evaluated ([`crate::policy::Policy::evaluate_lexed`]).
+pub struct PolicyTokens<'a> {
+    pub sql: &'a str,
+    pub lexed: &'a Lexed,
+    pub options: LexOptions,
+}
+
+impl PolicyTokens<'_> {
+    /// [`redact`] statement `index` of the evaluated text, `text`, from the
+    /// policy's tokens. The policy's facts and its lexed statements line up
+    /// one to one; that is checked here, not assumed (`None`: redact anew).
+    pub fn redact(
+        &self,
+        index: usize,
+        text: &str,
+        literals: bool,
+        max_bytes: usize,
+    ) -> Option<Redacted> {
+        let span = self.lexed.statements.get(index)?;
+        if self.sql.get(span.bytes.clone())? != text {
+            return None;
+        }
+        let tokens = self.lexed.tokens.get(span.tokens.clone())?;
+        redact_tokens(text, tokens, span.bytes.start, literals, max_bytes)
+    }
+}
+
+/// Text the lexer refuses: withheld when literals are redacted (it cannot
+/// tell them apart), fingerprinted as it is.
+fn unlexable(sql: &str, literals: bool, max_bytes: usize) -> Redacted {
+    let fingerprint = fingerprint_of(sql.as_bytes());
+    let text = if literals {
+        UNLEXABLE.to_string()
+    } else {
+        sql.to_string()
+    };
+    Redacted {
+        sql: truncate(text, max_bytes),
+        fingerprint,
     }
 }
 

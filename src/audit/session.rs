@@ -14,14 +14,14 @@
 //! Extended protocol therefore yields one event per Execute.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::config::OnFull;
-use super::event::{AuditVerdict, Event, EventType, Outcome, StatementInfo, TlsInfo};
+use super::event::{self, AuditVerdict, Event, EventType, Outcome, StatementInfo, TlsInfo};
 use super::filter::StatementFilter;
 use super::pipeline::{Audit, Reservation};
-use super::redact::redact;
+use super::redact::{redact, PolicyTokens, Redacted};
 use crate::policy::{Block, Evaluation, LexOptions, StatementFacts, Verdict};
 use crate::wire::frame;
 
@@ -109,6 +109,32 @@ struct Stmt {
     sql: String,
     sql_sent: Option<String>,
     fingerprint: String,
+    /// The JSON members of its events that never change (everything before
+    /// `params`), serialized at its first event: a prepared statement's
+    /// Executes all reuse it.
+    head: OnceLock<String>,
+}
+
+impl Stmt {
+    fn head(&self) -> &str {
+        self.head.get_or_init(|| {
+            StatementInfo {
+                protocol: self.protocol.to_string(),
+                kind: self.kind.clone(),
+                class: self.class.clone(),
+                tables: self.tables.clone(),
+                verdict: self.verdict,
+                rule_id: self.rule_id.clone(),
+                reason: self.reason.clone(),
+                sql: self.sql.clone(),
+                sql_sent: self.sql_sent.clone(),
+                fingerprint: self.fingerprint.clone(),
+                params: None,
+                outcome: no_tag("ok", None, None, Instant::now()),
+            }
+            .head_fragment()
+        })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -139,7 +165,10 @@ struct Group {
 /// The statements of one session on their way through the server.
 pub struct SessionAudit {
     audit: Arc<Audit>,
-    pub info: SessionInfo,
+    info: SessionInfo,
+    /// `info` as the JSON members of a statement event (see
+    /// [`Event::session_fragment`]); `None` after `info` changed.
+    session_json: Option<String>,
     filter: StatementFilter,
     session_wanted: bool,
     groups: VecDeque<Group>,
@@ -157,6 +186,7 @@ impl SessionAudit {
         SessionAudit {
             audit,
             info,
+            session_json: None,
             filter,
             session_wanted,
             groups: VecDeque::new(),
@@ -171,6 +201,19 @@ impl SessionAudit {
         &self.audit
     }
 
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// The client changed `application_name` (the only session field that
+    /// can change after authentication).
+    pub fn set_application_name(&mut self, name: &str) {
+        if self.info.application_name != name {
+            self.info.application_name = name.to_string();
+            self.session_json = None;
+        }
+    }
+
     /// Events ready to be queued by the relay.
     pub fn take_events(&mut self) -> Vec<(&'static str, Arc<str>)> {
         std::mem::take(&mut self.outbox)
@@ -180,12 +223,40 @@ impl SessionAudit {
         self.audit.config().on_full == OnFull::FailClosed
     }
 
+    /// Redacted text and fingerprint of statement `index`: from the
+    /// policy's tokens when it lexed this text, else from the cache of
+    /// texts seen before, else by lexing it here (and caching the result).
+    fn redact_statement(
+        &self,
+        text: &str,
+        index: usize,
+        tokens: Option<&PolicyTokens>,
+    ) -> Redacted {
+        let cfg = self.audit.config();
+        let (literals, max) = (cfg.redact_literals, cfg.max_sql_bytes);
+        let from_policy = tokens
+            .filter(|t| t.options == self.lex)
+            .and_then(|t| t.redact(index, text, literals, max));
+        if let Some(r) = from_policy {
+            return r;
+        }
+        let scs = self.lex.standard_conforming_strings;
+        let cache = self.audit.redactions();
+        if let Some(r) = cache.get(text, scs) {
+            return (*r).clone();
+        }
+        let r = redact(text, literals, max, self.lex);
+        cache.put(text, scs, Arc::new(r.clone()));
+        r
+    }
+
     fn describe(
         &self,
         facts: Option<&StatementFacts>,
         eval: &Evaluation,
         protocol: &'static str,
         index: usize,
+        tokens: Option<&PolicyTokens>,
     ) -> Stmt {
         let (verdict, rule_id, reason) = match &eval.verdict {
             Verdict::Allow => (AuditVerdict::Allowed, None, None),
@@ -241,11 +312,12 @@ impl SessionAudit {
                 sql: String::new(),
                 sql_sent: None,
                 fingerprint: String::new(),
+                head: OnceLock::new(),
             };
         }
         let cfg = self.audit.config();
         let text = facts.map_or("", |f| f.text.as_str());
-        let r = redact(text, cfg.redact_literals, cfg.max_sql_bytes, self.lex);
+        let r = self.redact_statement(text, index, tokens);
         let sql_sent = match &eval.verdict {
             Verdict::Rewrite { sql, .. } if verdict == AuditVerdict::Rewritten => {
                 Some(redact(sql, cfg.redact_literals, cfg.max_sql_bytes, self.lex).sql)
@@ -264,6 +336,7 @@ impl SessionAudit {
             sql: r.sql,
             sql_sent,
             fingerprint: r.fingerprint,
+            head: OnceLock::new(),
         }
     }
 
@@ -316,13 +389,14 @@ impl SessionAudit {
 
     /// A Query: one op per statement. Returns the evaluation to apply
     /// (a block if the statement cannot be audited under fail_closed).
-    pub fn on_query(&mut self, eval: Evaluation) -> Evaluation {
+    /// `tokens`: the policy's lex of the Query text, when it made one.
+    pub fn on_query(&mut self, eval: Evaluation, tokens: Option<&PolicyTokens>) -> Evaluation {
         let mut ops: Vec<Op> = eval
             .statements
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let stmt = Arc::new(self.describe(Some(f), &eval, "simple", i));
+                let stmt = Arc::new(self.describe(Some(f), &eval, "simple", i, tokens));
                 self.new_op(OpKind::Run, stmt, None)
             })
             .collect();
@@ -339,7 +413,7 @@ impl SessionAudit {
 
     /// A FunctionCall (its own sync group).
     pub fn on_function_call(&mut self, eval: Evaluation) -> Evaluation {
-        let stmt = Arc::new(self.describe(None, &eval, "function_call", 0));
+        let stmt = Arc::new(self.describe(None, &eval, "function_call", 0, None));
         let mut ops = vec![self.new_op(OpKind::Run, stmt, None)];
         let eval = match self.reserve(&mut ops) {
             Some(block) => Evaluation {
@@ -363,8 +437,7 @@ impl SessionAudit {
             _ => ("", "function_call"),
         };
         let audited = self.session_wanted && self.filter.wants_statement("UNKNOWN", &[]);
-        let cfg = self.audit.config();
-        let r = redact(text, cfg.redact_literals, cfg.max_sql_bytes, self.lex);
+        let r = self.redact_statement(text, 0, None);
         let stmt = Arc::new(Stmt {
             audited,
             protocol,
@@ -377,6 +450,7 @@ impl SessionAudit {
             sql: r.sql,
             sql_sent: None,
             fingerprint: r.fingerprint,
+            head: OnceLock::new(),
         });
         if tag == frontend::PARSE {
             let name = frame::parse_text(body).map_or("", |(n, _)| n).to_string();
@@ -392,11 +466,11 @@ impl SessionAudit {
         }
     }
 
-    /// A Parse of statement `name`.
-    pub fn on_parse(&mut self, name: &str, eval: &Evaluation) {
+    /// A Parse of statement `name` (`tokens` as for [`Self::on_query`]).
+    pub fn on_parse(&mut self, name: &str, eval: &Evaluation, tokens: Option<&PolicyTokens>) {
         let stmt = Arc::new(match eval.statements.as_slice() {
-            [] => self.describe(None, eval, "extended", 0),
-            [f, ..] => self.describe(Some(f), eval, "extended", 0),
+            [] => self.describe(None, eval, "extended", 0, None),
+            [f, ..] => self.describe(Some(f), eval, "extended", 0, tokens),
         });
         self.statements.insert(name.to_string(), stmt.clone());
         let op = self.new_op(OpKind::Parse, stmt, None);
@@ -425,6 +499,7 @@ impl SessionAudit {
                 sql: String::new(),
                 sql_sent: None,
                 fingerprint: String::new(),
+                head: OnceLock::new(),
             }),
         };
         let params = (self.audit.config().log_parameters && stmt.audited)
@@ -550,23 +625,12 @@ impl SessionAudit {
         if op.refused || !op.stmt.audited {
             return;
         }
-        let s = &op.stmt;
-        let mut e = self.info.event(EventType::Statement);
-        e.statement = Some(StatementInfo {
-            protocol: s.protocol.to_string(),
-            kind: s.kind.clone(),
-            class: s.class.clone(),
-            tables: s.tables.clone(),
-            verdict: s.verdict,
-            rule_id: s.rule_id.clone(),
-            reason: s.reason.clone(),
-            sql: s.sql.clone(),
-            sql_sent: s.sql_sent.clone(),
-            fingerprint: s.fingerprint.clone(),
-            params: op.params,
-            outcome,
-        });
-        let json: Arc<str> = e.to_json().into();
+        let info = &self.info;
+        let session = self
+            .session_json
+            .get_or_insert_with(|| info.event(EventType::Statement).session_fragment());
+        let json = event::statement_json(session, op.stmt.head(), op.params.as_ref(), &outcome);
+        let json: Arc<str> = json.into();
         match op.slot {
             Some(slot) => self.audit.send_reserved(slot, "statement", json),
             None => self.outbox.push(("statement", json)),

@@ -41,16 +41,50 @@ pub fn day_of(micros: i64) -> i64 {
 
 /// `2026-11-23T13:45:01.123456Z`
 pub fn rfc3339_micros(micros: i64) -> String {
+    let mut out = String::with_capacity(27);
+    write_rfc3339_micros(&mut out, micros);
+    out
+}
+
+/// [`rfc3339_micros`] appended to `out`, digit by digit: every audit event
+/// carries one, and the formatting machinery cost more than the rest of
+/// the timestamp.
+pub fn write_rfc3339_micros(out: &mut String, micros: i64) {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    if !(0..=9999).contains(&y) {
+        let _ = std::fmt::Write::write_fmt(
+            out,
+            format_args!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60
+            ),
+        );
+        return;
+    }
+    let digits = |out: &mut String, v: i64, width: u32| {
+        for p in (0..width).rev() {
+            out.push(char::from(b'0' + (v / 10i64.pow(p) % 10) as u8));
+        }
+    };
+    digits(out, y, 4);
+    out.push('-');
+    digits(out, i64::from(mo), 2);
+    out.push('-');
+    digits(out, i64::from(d), 2);
+    out.push('T');
+    digits(out, sod / 3600, 2);
+    out.push(':');
+    digits(out, sod / 60 % 60, 2);
+    out.push(':');
+    digits(out, sod % 60, 2);
+    out.push('.');
+    digits(out, frac, 6);
+    out.push('Z');
 }
 
 /// `20261123T134501.123456Z`: for file names (no `:`), sorts like the time.
@@ -149,6 +183,33 @@ mod tests {
             rfc3339_micros(951_782_400_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
+    }
+
+    #[test]
+    fn digit_writer_matches_the_format_machinery() {
+        let reference = |micros: i64| {
+            let secs = micros.div_euclid(1_000_000);
+            let frac = micros.rem_euclid(1_000_000);
+            let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+            let sod = secs.rem_euclid(86_400);
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60
+            )
+        };
+        let edges = [
+            -1,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+            253_402_300_800_000_000,
+            86_399_999_999,
+        ];
+        let steps = (0..2000i64).map(|i| i * 7_919_000_003_117 - 3_000_000_000_000_000);
+        for t in edges.into_iter().chain(steps) {
+            assert_eq!(rfc3339_micros(t), reference(t), "{t}");
+        }
     }
 
     #[test]

@@ -248,7 +248,20 @@ impl Policy {
         lex: LexOptions,
         prepared: &PreparedRegistry,
     ) -> Evaluation {
-        let facts = self.facts(sql, lex);
+        self.evaluate_lexed(sql, scope, lex, prepared).0
+    }
+
+    /// [`Policy::evaluate`], also handing back the tokens of `sql` when
+    /// this call lexed it (an exact-text cache hit does not), so the audit
+    /// can redact the text without lexing it a second time.
+    pub fn evaluate_lexed(
+        &self,
+        sql: &str,
+        scope: &SessionScope,
+        lex: LexOptions,
+        prepared: &PreparedRegistry,
+    ) -> (Evaluation, Option<lexer::Lexed>) {
+        let (facts, lexed) = self.facts(sql, lex);
         let statements = if facts
             .iter()
             .any(|f| f.execute.is_some() || f.prepare.is_some())
@@ -262,10 +275,11 @@ impl Policy {
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
             verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
         }
-        Evaluation {
+        let eval = Evaluation {
             statements,
             verdict,
-        }
+        };
+        (eval, lexed)
     }
 
     /// Apply soft delete to an allowed evaluation: rewrite in enforce mode,
@@ -439,19 +453,24 @@ impl Policy {
         out
     }
 
-    fn facts(&self, sql: &str, lex: LexOptions) -> Arc<Vec<StatementFacts>> {
+    fn facts(
+        &self,
+        sql: &str,
+        lex: LexOptions,
+    ) -> (Arc<Vec<StatementFacts>>, Option<lexer::Lexed>) {
         let scs = lex.standard_conforming_strings;
         if let Some(hit) = self.cache.get(sql, scs) {
-            return hit;
+            return (hit, None);
         }
         // Plain reads with inlined literals: one entry per shape, not per
         // text (see `template`). Lexing fails the same way in classify, so
         // an unlexable text simply takes the exact path.
         let lexed = lexer::lex(sql, lex).ok();
         let template_key = lexed.as_ref().and_then(|l| template::key(sql, l));
-        if let (Some(key), Some(lexed)) = (&template_key, &lexed) {
+        if let (Some(key), Some(l)) = (&template_key, &lexed) {
             if let Some(t) = self.templates.get(key, scs) {
-                return Arc::new(template::instantiate(&t, sql, lexed));
+                let facts = Arc::new(template::instantiate(&t, sql, l));
+                return (facts, lexed);
             }
         }
         let facts = Arc::new(classify::classify_with(sql, lex));
@@ -461,7 +480,7 @@ impl Policy {
             }
             _ => self.cache.put(sql, scs, facts.clone()),
         }
-        facts
+        (facts, lexed)
     }
 
     fn decide(&self, statements: &[StatementFacts], scope: &SessionScope) -> Verdict {

@@ -27,7 +27,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::retag::Retagger;
 use super::PolicySource;
 use crate::admin::metrics::metrics;
+use crate::audit::redact::PolicyTokens;
 use crate::audit::session::SessionAudit;
+use crate::policy::lexer::Lexed;
 use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
 use crate::wire::errors::PgError;
 use crate::wire::frame::{self, backend, frontend};
@@ -135,9 +137,7 @@ impl SessionSeams {
         let lex = self.lex_options();
         let a = self.audit.as_deref_mut()?;
         a.lex = lex;
-        if a.info.application_name != self.scope.application_name {
-            a.info.application_name = self.scope.application_name.clone();
-        }
+        a.set_application_name(&self.scope.application_name);
         Some(a)
     }
 
@@ -192,25 +192,38 @@ impl SessionSeams {
         })
     }
 
+    /// Evaluate a Query/Parse text; also the policy's tokens of it when
+    /// it lexed them (the audit redacts from those).
     fn evaluate_text(
         &self,
         policy: &Policy,
         decoded: Result<&str, &'static str>,
         raw: &[u8],
-    ) -> Evaluation {
+    ) -> (Evaluation, Option<Lexed>) {
         let started = Instant::now();
-        let eval = match decoded {
+        let (eval, lexed) = match decoded {
             Ok(sql) => match self.unsafe_encoding(sql) {
-                Some(reason) => policy.evaluate_unreadable(sql, &reason, &self.scope),
-                None => policy.evaluate(sql, &self.scope, self.lex_options(), &self.prepared),
+                Some(reason) => (policy.evaluate_unreadable(sql, &reason, &self.scope), None),
+                None => policy.evaluate_lexed(sql, &self.scope, self.lex_options(), &self.prepared),
             },
             Err(reason) => {
                 let lossy = String::from_utf8_lossy(raw);
-                policy.evaluate_unreadable(&lossy, reason, &self.scope)
+                (
+                    policy.evaluate_unreadable(&lossy, reason, &self.scope),
+                    None,
+                )
             }
         };
         record_evaluation(&eval, started);
-        eval
+        (eval, lexed)
+    }
+
+    fn policy_tokens<'a>(&self, sql: &'a str, lexed: &'a Lexed) -> PolicyTokens<'a> {
+        PolicyTokens {
+            sql,
+            lexed,
+            options: self.lex_options(),
+        }
     }
 
     /// Called with every Query, Parse, Sync, Close and FunctionCall frame
@@ -249,9 +262,14 @@ impl SessionSeams {
                 let policy = self.policy.load();
                 let group = self.sync_points_sent + 1;
                 self.retag.activate(policy.has_soft_delete(), group, false);
-                let mut eval = self.evaluate_text(&policy, frame::query_text(body), body);
+                let text = frame::query_text(body);
+                let (mut eval, lexed) = self.evaluate_text(&policy, text, body);
+                let tokens = match (text, &lexed) {
+                    (Ok(sql), Some(l)) => Some(self.policy_tokens(sql, l)),
+                    _ => None,
+                };
                 if let Some(a) = self.audit_mut() {
-                    eval = a.on_query(eval);
+                    eval = a.on_query(eval, tokens.as_ref());
                 }
                 let action = self.apply_verdict(&eval, query_frame, query_frame);
                 if !matches!(eval.verdict, Verdict::Block(_)) {
@@ -267,7 +285,7 @@ impl SessionSeams {
                 self.retag
                     .activate(policy.has_soft_delete(), self.sync_points_sent + 1, false);
                 let parsed = frame::parse_text(body);
-                let (name, eval) = match parsed {
+                let (name, (eval, lexed)) = match parsed {
                     Ok((name, sql)) => {
                         (name.to_string(), self.evaluate_text(&policy, Ok(sql), body))
                     }
@@ -276,8 +294,12 @@ impl SessionSeams {
                         self.evaluate_text(&policy, Err(reason), body),
                     ),
                 };
+                let tokens = match (parsed, &lexed) {
+                    (Ok((_, sql)), Some(l)) => Some(self.policy_tokens(sql, l)),
+                    _ => None,
+                };
                 if let Some(a) = self.audit_mut() {
-                    a.on_parse(&name, &eval);
+                    a.on_parse(&name, &eval, tokens.as_ref());
                 }
                 let action = self.apply_verdict(
                     &eval,

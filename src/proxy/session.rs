@@ -359,7 +359,7 @@ async fn run(
             .await;
         let mut session_audit =
             crate::audit::session::SessionAudit::new(audit.clone(), info.clone());
-        session_audit.info.application_name = seams.scope.application_name.clone();
+        session_audit.set_application_name(&seams.scope.application_name);
         seams.audit = Some(Box::new(session_audit));
     }
     if let Some((pid, secret)) = &established.backend_key {
@@ -422,7 +422,7 @@ async fn run(
         for (kind, json) in a.take_events() {
             a.audit().emit_json(kind, json).await;
         }
-        let event = a.info.connection(crate::audit::event::ConnectionInfo {
+        let event = a.info().connection(crate::audit::event::ConnectionInfo {
             action: "close".into(),
             backend_pid: established.backend_key.as_ref().map(|k| k.0),
             bytes_from_client: Some(traffic.from_client.load(Ordering::Relaxed)),
