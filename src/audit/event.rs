@@ -254,34 +254,55 @@ impl Event {
     }
 }
 
+/// The members of a [`StatementInfo`] before `params`, borrowed, with the
+/// same names and rules: constant for a statement, so a prepared statement
+/// serializes them once for all its Executes (see [`statement_json`]).
+#[derive(Serialize)]
+pub struct StatementHead<'a> {
+    pub protocol: &'a str,
+    pub kind: &'a str,
+    pub class: &'a str,
+    pub tables: &'a [String],
+    pub verdict: AuditVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    pub sql: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql_sent: Option<&'a str>,
+    pub fingerprint: &'a str,
+}
+
+impl StatementHead<'_> {
+    /// The members as JSON without the enclosing braces.
+    pub fn fragment(&self) -> String {
+        let json = serde_json::to_string(self).expect("statements always serialize");
+        json[1..json.len() - 1].to_string()
+    }
+}
+
 impl StatementInfo {
-    /// The JSON members before `params` (`"protocol":…` to
-    /// `"fingerprint":…`), for [`statement_json`]: constant for a
-    /// statement, so a prepared statement serializes them once for all its
-    /// Executes.
+    /// [`StatementHead::fragment`] of this statement.
     pub fn head_fragment(&self) -> String {
-        let head = StatementInfo {
-            params: None,
-            outcome: Outcome {
-                status: String::new(),
-                command_tag: None,
-                rows: None,
-                sqlstate: None,
-                message: None,
-                duration_us: 0,
-            },
-            ..self.clone()
-        };
-        let json = serde_json::to_string(&head).expect("statements always serialize");
-        // Inside a JSON string every `"` is escaped, so `,"outcome":` can
-        // only be the member separator.
-        let end = json.rfind(",\"outcome\":").unwrap_or(json.len() - 1);
-        json[1..end].to_string()
+        StatementHead {
+            protocol: &self.protocol,
+            kind: &self.kind,
+            class: &self.class,
+            tables: &self.tables,
+            verdict: self.verdict,
+            rule_id: self.rule_id.as_deref(),
+            reason: self.reason.as_deref(),
+            sql: &self.sql,
+            sql_sent: self.sql_sent.as_deref(),
+            fingerprint: &self.fingerprint,
+        }
+        .fragment()
     }
 }
 
 /// A statement event's JSON from parts serialized earlier: `session` from
-/// [`Event::session_fragment`], `head` from [`StatementInfo::head_fragment`].
+/// [`Event::session_fragment`], `head` from [`StatementHead::fragment`].
 /// Byte for byte what [`Event::to_json`] writes for the same event, without
 /// building (and cloning into) an [`Event`] per statement.
 pub fn statement_json(
@@ -313,9 +334,21 @@ pub fn statement_json(
     String::from_utf8(bytes).expect("JSON built from strings is UTF-8")
 }
 
-/// An event id: 13 hex digits of µs, 6 of the instance tag.
+/// An event id: 13 hex digits of µs, 6 of the instance tag (as
+/// `{:013x}{:06x}` writes them, without the formatting machinery).
 fn write_id(out: &mut String, micros: i64) {
-    let _ = write!(out, "{:013x}{:06x}", micros, instance_tag());
+    push_hex(out, micros as u64, 13);
+    push_hex(out, u64::from(instance_tag()), 6);
+}
+
+/// `v` in lower-case hex, zero-padded to at least `width` (≤ 16) digits.
+fn push_hex(out: &mut String, v: u64, width: usize) {
+    let digits = (64 - v.leading_zeros() as usize).div_ceil(4);
+    for i in (0..digits.max(width).min(16)).rev() {
+        out.push(char::from(
+            b"0123456789abcdef"[((v >> (4 * i)) & 15) as usize],
+        ));
+    }
 }
 
 static LAST_MICROS: AtomicI64 = AtomicI64::new(0);
@@ -373,7 +406,7 @@ mod tests {
             rule_id: Some("r".into()),
             reason: Some("why \"quoted\",\"outcome\": not a member".into()),
             sql: "SELECT $1, '\\' FROM t -- é\n\"x\"".into(),
-            sql_sent: None,
+            sql_sent: Some("UPDATE \"t\"".into()),
             fingerprint: "0123456789abcdef".into(),
             params,
             outcome: Outcome {
@@ -420,6 +453,15 @@ mod tests {
                 e.time = back.time;
                 assert_eq!(fast, e.to_json());
             }
+        }
+    }
+
+    #[test]
+    fn ids_are_written_as_the_format_machinery_would() {
+        for micros in [0, 1, 0xfff, 1_795_000_000_123_456, i64::MAX, -1, -4096] {
+            let mut id = String::new();
+            write_id(&mut id, micros);
+            assert_eq!(id, format!("{micros:013x}{:06x}", instance_tag()));
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::config::OnFull;
-use super::event::{self, AuditVerdict, Event, EventType, Outcome, StatementInfo, TlsInfo};
+use super::event::{self, AuditVerdict, Event, EventType, Outcome, StatementHead, TlsInfo};
 use super::filter::StatementFilter;
 use super::pipeline::{Audit, Reservation};
 use super::redact::{redact, PolicyTokens, Redacted};
@@ -118,21 +118,19 @@ struct Stmt {
 impl Stmt {
     fn head(&self) -> &str {
         self.head.get_or_init(|| {
-            StatementInfo {
-                protocol: self.protocol.to_string(),
-                kind: self.kind.clone(),
-                class: self.class.clone(),
-                tables: self.tables.clone(),
+            StatementHead {
+                protocol: self.protocol,
+                kind: &self.kind,
+                class: &self.class,
+                tables: &self.tables,
                 verdict: self.verdict,
-                rule_id: self.rule_id.clone(),
-                reason: self.reason.clone(),
-                sql: self.sql.clone(),
-                sql_sent: self.sql_sent.clone(),
-                fingerprint: self.fingerprint.clone(),
-                params: None,
-                outcome: no_tag("ok", None, None, Instant::now()),
+                rule_id: self.rule_id.as_deref(),
+                reason: self.reason.as_deref(),
+                sql: &self.sql,
+                sql_sent: self.sql_sent.as_deref(),
+                fingerprint: &self.fingerprint,
             }
-            .head_fragment()
+            .fragment()
         })
     }
 }
