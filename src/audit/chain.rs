@@ -98,6 +98,18 @@ pub fn hash_of(line: &[u8]) -> Option<String> {
     check(line).map(|l| l.hash.to_string())
 }
 
+/// The event a chained line carries, without its `prev` and `hash` fields:
+/// what [`Chain::link`] was given. `None`: not a chained line.
+pub fn body_of(line: &str) -> Option<String> {
+    check(line.as_bytes())?;
+    let open = &line[..line.len() - HASH_SUFFIX_LEN - PREV_FIELD_LEN];
+    Some(if open.is_empty() {
+        "{}".to_string()
+    } else {
+        format!("{open}}}")
+    })
+}
+
 fn is_hex64(b: &[u8]) -> bool {
     b.len() == 64 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -148,6 +160,20 @@ mod tests {
             .replace("alice", "alicf");
         assert!(!check(line.as_bytes()).unwrap().intact);
         assert!(check(b"{\"v\":1}").is_none());
+    }
+
+    #[test]
+    fn body_of_undoes_link_for_relinking_into_another_chain() {
+        let mut a = Chain::new(None);
+        let mut b = Chain::new(None);
+        b.link("{\"v\":1}");
+        for body in [r#"{"v":1,"type":"policy"}"#, "{}"] {
+            let line = a.link(body);
+            assert_eq!(body_of(&line).as_deref(), Some(body));
+            let relinked = b.link(&body_of(&line).unwrap());
+            assert!(check(relinked.as_bytes()).unwrap().intact);
+        }
+        assert_eq!(body_of("{\"v\":1}"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::chain::{self, GENESIS};
 use super::event::Event;
@@ -23,6 +23,9 @@ pub enum AuditCommand {
         /// The files of one sink, oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Seconds between progress lines (fractions allowed).
+        #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+        progress_every: f64,
     },
     /// Print the events that match every filter given.
     Query {
@@ -64,8 +67,12 @@ pub enum Format {
 /// Run a subcommand; the exit code.
 pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
     match cmd {
-        AuditCommand::Verify { files } => {
-            let report = verify(&files, &mut std::io::stderr())?;
+        AuditCommand::Verify {
+            files,
+            progress_every,
+        } => {
+            let every = Duration::from_secs_f64(progress_every);
+            let report = verify_every(&files, &mut std::io::stderr(), every)?;
             println!("{}", report.summary());
             Ok(if report.problem.is_some() { 1 } else { 0 })
         }
@@ -215,8 +222,45 @@ impl Lines {
     }
 }
 
-/// Verify the chain across `files`, writing progress to `progress`.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// Verify the chain across `files`, writing progress to `progress` every 2 s.
 pub fn verify(files: &[PathBuf], progress: &mut dyn Write) -> anyhow::Result<VerifyReport> {
+    verify_every(files, progress, Duration::from_secs(2))
+}
+
+/// Verify the chain across `files`: a progress line every `every`, and
+/// one with the overall throughput at the end.
+pub fn verify_every(
+    files: &[PathBuf],
+    progress: &mut dyn Write,
+    every: Duration,
+) -> anyhow::Result<VerifyReport> {
+    let started = Instant::now();
+    let report = verify_chain(files, progress, every, started)?;
+    let secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        progress,
+        "verify: {} events, {:.1} MB in {:.2} s ({:.0} MB/s)",
+        report.events,
+        report.bytes as f64 / 1e6,
+        secs,
+        report.bytes as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(report)
+}
+
+fn verify_chain(
+    files: &[PathBuf],
+    progress: &mut dyn Write,
+    every: Duration,
+    started: Instant,
+) -> anyhow::Result<VerifyReport> {
     let total: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -230,7 +274,6 @@ pub fn verify(files: &[PathBuf], progress: &mut dyn Write) -> anyhow::Result<Ver
     // each event, so memory is 64 bytes per event checked.
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut last: Option<String> = None;
-    let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut pending = lines.next_line(&mut buf)?;
     while let Some(pos) = pending {
@@ -270,7 +313,7 @@ pub fn verify(files: &[PathBuf], progress: &mut dyn Write) -> anyhow::Result<Ver
         report.events += 1;
         seen.insert(hash.clone(), report.events);
         last = Some(hash);
-        if last_progress.elapsed().as_secs() >= 2 {
+        if last_progress.elapsed() >= every {
             last_progress = Instant::now();
             let mb = report.bytes as f64 / 1e6;
             let _ = writeln!(

@@ -81,6 +81,7 @@ impl AuditConfig {
                 SinkConfig::File(f) if f.path.as_os_str().is_empty() => {
                     return Err("audit.sinks: a file sink needs `path`".into());
                 }
+                SinkConfig::File(f) => f.validate()?,
                 SinkConfig::Http(c) => c.validate()?,
                 SinkConfig::Postgres(c) => c.validate()?,
                 SinkConfig::Syslog(c) => c.validate()?,
@@ -195,8 +196,39 @@ pub struct FileSinkConfig {
     pub rotate_daily: bool,
     /// Delete rotated files older than this many days; 0 = keep forever.
     pub retention_days: u64,
+    /// Set: critical events (see [`super::sinks::critical`]) are also
+    /// written to a second stream, `<stem>.critical.<ext>`, with its own
+    /// hash chain, rotation, and this retention (0 = keep forever).
+    pub critical_retention_days: Option<u64>,
     pub fsync: Fsync,
     pub fsync_interval_ms: u64,
+    /// When the sink thinks it is (rotation by day, retention). Not a config
+    /// key: tests move it across midnight.
+    #[serde(skip)]
+    pub clock: Clock,
+}
+
+/// Microseconds since the Unix epoch, from the system clock unless a test
+/// injects another.
+#[derive(Clone)]
+pub struct Clock(pub std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(std::sync::Arc::new(super::time::now_micros))
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
 }
 
 impl Default for FileSinkConfig {
@@ -207,8 +239,27 @@ impl Default for FileSinkConfig {
             max_bytes: 256 * 1024 * 1024,
             rotate_daily: true,
             retention_days: 0,
+            critical_retention_days: None,
             fsync: Fsync::Interval,
             fsync_interval_ms: 1000,
+            clock: Clock::default(),
+        }
+    }
+}
+
+impl FileSinkConfig {
+    fn validate(&self) -> Result<(), String> {
+        // The main stream holds critical events too: a shorter critical
+        // retention would keep them no longer, only spend a second copy.
+        match self.critical_retention_days {
+            Some(c) if c != 0 && (self.retention_days == 0 || c < self.retention_days) => {
+                Err(format!(
+                    "audit.sinks ({}): critical_retention_days = {c} keeps critical events less long than retention_days = {} keeps every event; make it longer (or 0 = forever)",
+                    self.path.display(),
+                    self.retention_days
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Names from a verified TLS client certificate: the subject's CN and the
-//! first subject alternative name (DNS name, e-mail or URI).
+//! first subject alternative name (DNS name, e-mail or URI), and the whole
+//! subject for the audit trail.
 
 use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
 use x509_cert::der::{Decode, Tag, Tagged};
@@ -52,6 +53,13 @@ pub fn names(der: &[u8]) -> Result<CertNames, String> {
     Ok(CertNames { cn, san })
 }
 
+/// The certificate's subject as an RFC 4514 string (`CN=alice,O=Example`,
+/// most specific first, special characters escaped), for audit events.
+pub fn subject(der: &[u8]) -> Result<String, String> {
+    let cert = Certificate::from_der(der).map_err(|e| format!("client certificate: {e}"))?;
+    Ok(cert.tbs_certificate.subject.to_string())
+}
+
 fn directory_string(v: &x509_cert::der::Any) -> Result<String, String> {
     let bad = |e: x509_cert::der::Error| format!("client certificate CN: {e}");
     Ok(match v.tag() {
@@ -88,6 +96,24 @@ mod tests {
         let n = names(cert.der()).unwrap();
         assert_eq!(n.cn.as_deref(), Some("billing-svc ü"));
         assert_eq!(n.san.as_deref(), Some("svc.example.test"));
+    }
+
+    #[test]
+    fn subject_is_rfc4514_most_specific_first_and_escaped() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billing-svc");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject(cert.der()).unwrap(),
+            "CN=billing-svc,O=Acme\\, Inc."
+        );
+        assert!(subject(b"junk").is_err());
     }
 
     #[test]

@@ -107,7 +107,10 @@ async fn run(
                 .tls_version()
                 .map(|version| crate::audit::event::TlsInfo {
                     version,
-                    client_cert_subject: None,
+                    // Only a certificate the client CA verified is there to read.
+                    client_cert_subject: client
+                        .peer_certificate()
+                        .and_then(|der| identity::cert::subject(&der).ok()),
                 }),
             user: startup.user().to_string(),
             database: startup.database().to_string(),

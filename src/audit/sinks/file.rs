@@ -2,7 +2,9 @@
 //! and by UTC day into `<stem>.<compact UTC time>.<ext>` next to it (those
 //! names sort chronologically, before the active file), rotated files
 //! deleted after `retention_days`, and `fsync` always / every interval (a
-//! background task syncs when something was written) / never.
+//! background task syncs when something was written) / never. With
+//! `critical_retention_days`, critical events also go to a second stream
+//! kept longer (see [`super::critical`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -20,13 +22,16 @@ use crate::audit::config::{FileSinkConfig, Fsync};
 use crate::audit::sink::Sink;
 use crate::audit::time;
 
+use super::critical::CriticalStream;
+
 pub struct FileSink {
     name: String,
     state: Option<State>,
+    critical: Option<CriticalStream>,
 }
 
 /// What the blocking writer owns; moved into `spawn_blocking` and back.
-struct State {
+pub(super) struct State {
     config: FileSinkConfig,
     file: File,
     size: u64,
@@ -39,6 +44,22 @@ struct State {
 
 impl FileSink {
     pub async fn open(name: String, config: FileSinkConfig) -> anyhow::Result<FileSink> {
+        let critical = match config.critical_retention_days {
+            Some(days) => Some(CriticalStream::open(&config, days).await?),
+            None => None,
+        };
+        let state = State::open_async(config).await?;
+        Ok(FileSink {
+            name,
+            state: Some(state),
+            critical,
+        })
+    }
+}
+
+impl State {
+    /// Open (off the event loop) and start the interval syncer if configured.
+    pub(super) async fn open_async(config: FileSinkConfig) -> anyhow::Result<State> {
         let state = tokio::task::spawn_blocking(move || State::open(config)).await??;
         if state.config.fsync == Fsync::Interval {
             spawn_syncer(
@@ -47,14 +68,9 @@ impl FileSink {
                 Duration::from_millis(state.config.fsync_interval_ms.max(1)),
             );
         }
-        Ok(FileSink {
-            name,
-            state: Some(state),
-        })
+        Ok(state)
     }
-}
 
-impl State {
     fn open(config: FileSinkConfig) -> anyhow::Result<State> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir)
@@ -62,10 +78,13 @@ impl State {
         }
         let file = open_append(&config.path)?;
         let meta = file.metadata()?;
+        let today = time::day_of(config.clock.now());
         let day = if meta.len() > 0 {
-            meta.modified().ok().map_or_else(today, day_of_systime)
+            meta.modified()
+                .ok()
+                .map_or(today, |t| day_of_systime(t).unwrap_or(today))
         } else {
-            today()
+            today
         };
         let synced = Arc::new(Mutex::new(file.try_clone()?));
         let state = State {
@@ -85,8 +104,8 @@ impl State {
         self.synced.clone()
     }
 
-    fn write(&mut self, buf: &[u8]) -> anyhow::Result<()> {
-        let now = time::now_micros();
+    pub(super) fn write(&mut self, buf: &[u8]) -> anyhow::Result<()> {
+        let now = self.config.clock.now();
         let new_day = self.config.rotate_daily && time::day_of(now) != self.day;
         let too_big =
             self.config.max_bytes > 0 && self.size + buf.len() as u64 > self.config.max_bytes;
@@ -137,18 +156,20 @@ impl State {
         Ok(())
     }
 
-    /// Delete rotated files older than `retention_days` (by modification time).
+    /// Delete rotated files older than `retention_days` (by modification
+    /// time, i.e. their newest event).
     fn purge(&self) {
         if self.config.retention_days == 0 {
             return;
         }
-        let keep = Duration::from_secs(self.config.retention_days * 86_400);
+        let keep = self.config.retention_days as i64 * 86_400_000_000;
+        let now = self.config.clock.now();
         for old in rotated_files(&self.config.path) {
-            let age = fs::metadata(&old)
+            let modified = fs::metadata(&old)
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok());
-            if age.is_some_and(|a| a > keep) {
+                .and_then(micros_of_systime);
+            if modified.is_some_and(|m| now - m > keep) {
                 match fs::remove_file(&old) {
                     Ok(()) => {
                         tracing::info!(file = %old.display(), "audit file past retention deleted")
@@ -170,13 +191,14 @@ fn open_append(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open audit file {}", path.display()))
 }
 
-fn today() -> i64 {
-    time::day_of(time::now_micros())
+fn micros_of_systime(t: SystemTime) -> Option<i64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_micros() as i64)
 }
 
-fn day_of_systime(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or_else(|_| today(), |d| time::day_of(d.as_micros() as i64))
+fn day_of_systime(t: SystemTime) -> Option<i64> {
+    micros_of_systime(t).map(time::day_of)
 }
 
 /// `dir/audit.jsonl` → (`audit`, `.jsonl`); no extension → (`audit`, ``).
@@ -223,6 +245,16 @@ pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Where the chain of the stream whose active file is `path` ends: its last
+/// complete line, or the newest rotated file's when it is empty.
+pub(super) fn chain_end(path: &Path) -> Option<String> {
+    last_hash_in(path).or_else(|| {
+        rotated_files(path)
+            .last()
+            .and_then(|newest| last_hash_in(newest))
+    })
 }
 
 /// The hash of the last complete chained line of `path`, if any.
@@ -293,23 +325,24 @@ impl Sink for FileSink {
                 .state
                 .take()
                 .context("file sink lost its state in an earlier failure")?;
-            let (state, result) = tokio::task::spawn_blocking(move || {
-                let result = state.write(&buf);
-                (state, result)
+            let mut critical = self.critical.take();
+            let events = critical.as_ref().map(|_| batch.to_vec());
+            let (state, critical, result) = tokio::task::spawn_blocking(move || {
+                let result = match (critical.as_mut(), events) {
+                    (Some(c), Some(events)) => c.deliver_after(&events, || state.write(&buf)),
+                    _ => state.write(&buf),
+                };
+                (state, critical, result)
             })
             .await?;
             self.state = Some(state);
+            self.critical = critical;
             result
         })
     }
 
     fn last_hash(&mut self) -> Option<String> {
-        let path = self.state.as_ref()?.config.path.clone();
-        last_hash_in(&path).or_else(|| {
-            rotated_files(&path)
-                .last()
-                .and_then(|newest| last_hash_in(newest))
-        })
+        chain_end(&self.state.as_ref()?.config.path)
     }
 }
 
@@ -378,6 +411,57 @@ mod tests {
         let _sink = FileSink::open("f".into(), cfg).await.unwrap();
         assert!(!old.exists());
         assert!(recent.exists() && unrelated.exists());
+    }
+
+    #[tokio::test]
+    async fn each_stream_purges_by_its_own_retention_at_rotation_by_the_sinks_clock() {
+        use crate::audit::config::Clock;
+        use crate::audit::sinks::critical::critical_path;
+        use std::sync::atomic::AtomicI64;
+        const DAY: i64 = 86_400_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let start = time::now_micros();
+        let clock = Arc::new(AtomicI64::new(start));
+        let c = clock.clone();
+        let mut cfg = config(dir.path());
+        cfg.retention_days = 30;
+        cfg.critical_retention_days = Some(90);
+        cfg.clock = Clock(Arc::new(move || c.load(Ordering::SeqCst)));
+        let critical = critical_path(&cfg.path);
+        let mut sink = FileSink::open("f".into(), cfg.clone()).await.unwrap();
+        let mut chain = Chain::new(None);
+        let batch = |chain: &mut Chain| -> Vec<Arc<str>> {
+            [
+                r#"{"v":1,"type":"connection"}"#,
+                r#"{"v":1,"type":"alert"}"#,
+            ]
+            .iter()
+            .map(|b| Arc::from(chain.link(b)))
+            .collect()
+        };
+        sink.deliver(&batch(&mut chain)).await.unwrap();
+        // Day 1: the first event rotates both streams (files written "now").
+        clock.store(start + DAY, Ordering::SeqCst);
+        sink.deliver(&batch(&mut chain)).await.unwrap();
+        assert_eq!(rotated_files(&cfg.path).len(), 1);
+        assert_eq!(rotated_files(&critical).len(), 1);
+        // Day 40 by the sink's clock: every file (all written on real day 0)
+        // is 40 days old. Rotating drops the main stream's, not the
+        // critical stream's.
+        clock.store(start + 40 * DAY, Ordering::SeqCst);
+        sink.deliver(&batch(&mut chain)).await.unwrap();
+        assert_eq!(rotated_files(&cfg.path).len(), 0, "past 30 days");
+        assert_eq!(rotated_files(&critical).len(), 2, "kept for 90 days");
+        // Day 100: past 90 days too.
+        clock.store(start + 100 * DAY, Ordering::SeqCst);
+        sink.deliver(&batch(&mut chain)).await.unwrap();
+        assert_eq!(rotated_files(&critical).len(), 0);
+        // The critical stream holds only the alerts, one chain.
+        let text = fs::read_to_string(&critical).unwrap();
+        let line = text.lines().next().unwrap();
+        assert!(line.contains("alert") && text.lines().count() == 1);
+        let main_last = chain.last().to_string();
+        assert_ne!(chain::check(line.as_bytes()).unwrap().hash, main_last);
     }
 
     #[test]

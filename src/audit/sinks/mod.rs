@@ -2,6 +2,7 @@
 //! network sinks (`http_sink`, `postgres_sink`, `syslog_sink`) are plugged
 //! in through the [`Sink`] impls below.
 
+pub mod critical;
 pub mod file;
 pub mod stdout;
 
