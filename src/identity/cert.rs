@@ -101,6 +101,8 @@ mod tests {
     #[test]
     fn subject_is_rfc4514_most_specific_first_and_escaped() {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Encoded in this order (rcgen's default DN has a CN of its own).
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "Acme, Inc.");
