@@ -197,7 +197,7 @@ pub struct FileSinkConfig {
     /// Delete rotated files older than this many days; 0 = keep forever.
     pub retention_days: u64,
     /// Set: critical events (see [`super::sinks::critical`]) are also
-    /// written to a second stream, `<stem>.critical.<ext>`, with its own
+    /// written to a second stream, `critical-<file name>`, with its own
     /// hash chain, rotation, and this retention (0 = keep forever).
     pub critical_retention_days: Option<u64>,
     pub fsync: Fsync,

@@ -1,8 +1,9 @@
 //! Longer retention for critical events: a file sink with
 //! `critical_retention_days` writes every event to its main stream (kept
 //! `retention_days`) and the critical ones again to a second stream,
-//! `<stem>.critical.<ext>`, rotated the same way and kept
-//! `critical_retention_days`.
+//! `critical-<file name>` next to it, rotated the same way and kept
+//! `critical_retention_days`. The prefix keeps the main stream's glob
+//! (`audit*.jsonl`) from picking up the other chain.
 //!
 //! A separate stream rather than "keep the rotated files that hold critical
 //! events longer": deleting files from the middle of one chain would make
@@ -20,17 +21,13 @@ use super::file::{chain_end, State};
 use crate::audit::chain::{self, Chain};
 use crate::audit::config::FileSinkConfig;
 
-/// `dir/audit.jsonl` → `dir/audit.critical.jsonl`.
+/// `dir/audit.jsonl` → `dir/critical-audit.jsonl`.
 pub fn critical_path(path: &Path) -> PathBuf {
-    let stem = path
-        .file_stem()
+    let name = path
+        .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    path.with_file_name(format!("{stem}.critical{ext}"))
+    path.with_file_name(format!("critical-{name}"))
 }
 
 /// The few fields criticality depends on; everything else is skipped.
@@ -179,10 +176,10 @@ mod tests {
     fn the_critical_stream_sits_next_to_the_main_one_and_is_not_its_rotated_file() {
         let main = Path::new("/var/log/pgward/audit.jsonl");
         let c = critical_path(main);
-        assert_eq!(c, Path::new("/var/log/pgward/audit.critical.jsonl"));
+        assert_eq!(c, Path::new("/var/log/pgward/critical-audit.jsonl"));
         assert_eq!(
             critical_path(Path::new("audit")),
-            Path::new("audit.critical")
+            Path::new("critical-audit")
         );
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("audit.jsonl");
