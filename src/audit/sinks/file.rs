@@ -464,6 +464,33 @@ mod tests {
         assert_ne!(chain::check(line.as_bytes()).unwrap().hash, main_last);
     }
 
+    #[tokio::test]
+    async fn a_batch_offered_again_after_the_critical_stream_failed_is_not_doubled_in_the_main_one()
+    {
+        use crate::audit::sinks::critical::critical_path;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.critical_retention_days = Some(0);
+        // Every write to the critical stream fails (ENOSPC).
+        std::os::unix::fs::symlink("/dev/full", critical_path(&cfg.path)).unwrap();
+        let mut sink = FileSink::open("f".into(), cfg.clone()).await.unwrap();
+        let mut chain = Chain::new(None);
+        let batch: Vec<Arc<str>> = [r#"{"v":1,"type":"policy"}"#, r#"{"v":1,"type":"auth"}"#]
+            .iter()
+            .map(|b| Arc::from(chain.link(b)))
+            .collect();
+        for _ in 0..3 {
+            // The pipeline offers the same batch until it is accepted.
+            assert!(sink.deliver(&batch).await.is_err());
+        }
+        let main = fs::read_to_string(&cfg.path).unwrap();
+        assert_eq!(main.lines().count(), 2, "{main}");
+        // A new batch is written to the main stream again.
+        let next: Vec<Arc<str>> = vec![Arc::from(chain.link(r#"{"v":1,"type":"alert"}"#))];
+        assert!(sink.deliver(&next).await.is_err());
+        assert_eq!(fs::read_to_string(&cfg.path).unwrap().lines().count(), 3);
+    }
+
     #[test]
     fn a_torn_last_line_is_not_taken_for_the_chain_end() {
         let dir = tempfile::tempdir().unwrap();
