@@ -292,7 +292,7 @@ async fn the_file_rotates_at_the_first_event_of_a_new_utc_day() {
     let rotated = rotated_files(&path);
     assert_eq!(rotated, vec![rotated_name(&path, midnight + 500_000)]);
     let yesterday = events_of(&rotated);
-    let today = events_of(&[path.clone()]);
+    let today = events_of(std::slice::from_ref(&path));
     assert_eq!(statements(&yesterday).len(), 3);
     assert_eq!(
         statements(&today)
@@ -405,7 +405,7 @@ async fn traced_syncs(fsync: &str) -> (usize, Duration, Vec<String>) {
     }
     // Data is readable while pgward runs, and syncs happen within the interval.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while statements(&events_of(&[audit.clone()])).len() < 50 {
+    while statements(&events_of(std::slice::from_ref(&audit))).len() < 50 {
         assert!(Instant::now() < deadline, "events never reached the file");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -531,7 +531,7 @@ fn verify_reports_progress_and_throughput_on_a_large_file() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size > 30_000_000, "{size}");
 
-    let (code, stdout, stderr) = verify(&[path.clone()], &["--progress-every", "0.05"]);
+    let (code, stdout, stderr) = verify(std::slice::from_ref(&path), &["--progress-every", "0.05"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.starts_with(&format!("OK: {n} events")), "{stdout}");
     let progress: Vec<(f64, f64)> = stderr

@@ -352,3 +352,76 @@ async fn the_certificate_subject_is_audited_with_passthrough_auth_too() {
     // No verified identity beyond the Postgres user, no pinned context.
     assert!(st[0].get("identity").is_none() && st[0].get("context").is_none());
 }
+
+#[tokio::test]
+async fn a_jwt_identity_is_audited_by_subject_and_issuer_only_with_its_context() {
+    let db = fresh_database("audit_jwt");
+    psql(&db, "CREATE TABLE t(a int); GRANT ALL ON t TO PUBLIC;");
+    let dir = tempfile::tempdir().unwrap();
+    let h = cluster();
+    let secret = b"audit-jwt-test-secret-0123456789abcdef";
+    let mut cfg = proxy_config();
+    cfg.client_tls.mode = ClientTlsMode::Require;
+    cfg.client_tls.cert_file = Some(h.server_cert.clone());
+    cfg.client_tls.key_file = Some(h.server_key.clone());
+    cfg.identity.source = IdentitySource::Jwt;
+    cfg.identity.jwt.algorithms = vec!["HS256".into()];
+    cfg.identity.jwt.secret_file = Some({
+        let p = dir.path().join("jwt.secret");
+        std::fs::write(&p, secret).unwrap();
+        p
+    });
+    cfg.identity.jwt.issuer = Some("https://idp.test".into());
+    cfg.identity.jwt.audience = vec!["pgward".into()];
+    cfg.identity.upstream.user = MD5_USER.into();
+    cfg.identity.upstream.password_file = Some({
+        let p = dir.path().join("md5.pw");
+        std::fs::write(&p, format!("{MD5_PW}\n")).unwrap();
+        p
+    });
+    cfg.context
+        .settings
+        .insert("app.current_user_id".into(), "{jwt.sub}".into());
+    cfg.context
+        .settings
+        .insert("app.tenant_id".into(), "{jwt.org_id}".into());
+    audit_into(&mut cfg, dir.path());
+    let proxy = start_proxy(cfg).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "org_id": "t9", "email": "alice@example.test",
+                "iss": "https://idp.test", "aud": "pgward", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let client = connect_with_cert(proxy.addr(), "web", &token, &db).await;
+    client
+        .simple_query("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let path = dir.path().join("audit.jsonl");
+    let events = wait_for(&path, |ev| !statements(ev).is_empty()).await;
+    let st = statements(&events);
+    let e = st[0];
+    assert_eq!(
+        e["identity"],
+        json!({"kind": "jwt", "subject": "alice", "iss": "https://idp.test"}),
+        "only these claims, never e.g. the e-mail: {e}"
+    );
+    assert_eq!(
+        e["context"],
+        json!({"app.current_user_id": "alice", "app.tenant_id": "t9"})
+    );
+    assert_eq!(e["user"], MD5_USER);
+    // TLS, but no client CA configured: no certificate to record.
+    assert!(e["tls"]["version"].is_string());
+    assert!(e["tls"].get("client_cert_subject").is_none(), "{e}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("alice@example.test") && !text.contains(&token));
+}
