@@ -17,6 +17,11 @@ pub struct AuditConfig {
     pub on_full: OnFull,
     /// Most events handed to a sink in one `deliver`.
     pub batch_max: usize,
+    /// After the first event of a batch, wait this long for more before
+    /// handing the batch to the sinks: under load one hand-off and one
+    /// write then serve many statements instead of one each. Sessions never
+    /// wait for it (only for a full queue). 0 hands each read on at once.
+    pub linger_ms: u64,
     /// Replace literals in logged SQL by `$n` placeholders.
     pub redact_literals: bool,
     /// Log the values of extended-protocol Bind parameters.
@@ -37,6 +42,7 @@ impl Default for AuditConfig {
             queue_capacity: 65_536,
             on_full: OnFull::Block,
             batch_max: 1024,
+            linger_ms: 2,
             redact_literals: true,
             log_parameters: false,
             max_sql_bytes: 16 * 1024,

@@ -67,7 +67,10 @@ impl Audit {
         tasks.push(tokio::spawn(dispatch(
             rx,
             inboxes,
-            config.batch_max,
+            Batching {
+                max: config.batch_max,
+                linger: Duration::from_millis(config.linger_ms),
+            },
             close.clone(),
             monitor,
         )));
@@ -185,10 +188,20 @@ impl Event {
     }
 }
 
+/// How the dispatcher forms batches.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    max: usize,
+    linger: Duration,
+}
+
 async fn dispatch(
     mut rx: mpsc::Receiver<Arc<str>>,
     inboxes: Vec<mpsc::Sender<Batch>>,
-    batch_max: usize,
+    Batching {
+        max: batch_max,
+        linger,
+    }: Batching,
     close: Arc<Notify>,
     mut monitor: Option<super::mass_delete::Monitor>,
 ) {
@@ -211,6 +224,17 @@ async fn dispatch(
         };
         if n == 0 {
             return;
+        }
+        if !closing && !linger.is_zero() && buf.len() < batch_max {
+            // Asleep on a timer rather than on the queue, so sessions
+            // queueing meanwhile wake nobody; then take what arrived.
+            tokio::time::sleep(linger).await;
+            while buf.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(event) => buf.push(event),
+                    Err(_) => break,
+                }
+            }
         }
         depth.set(rx.len() as i64);
         if let Some(m) = monitor.as_mut() {
@@ -297,6 +321,42 @@ mod tests {
             assert_eq!(link.prev, prev);
             prev = link.hash.to_string();
         }
+    }
+
+    #[tokio::test]
+    async fn events_arriving_within_the_linger_share_one_batch_in_order() {
+        let (tx, rx) = mpsc::channel::<Arc<str>>(64);
+        let (itx, mut irx) = mpsc::channel::<Batch>(SINK_INBOX);
+        let batching = Batching {
+            max: 4,
+            linger: Duration::from_millis(200),
+        };
+        let close = Arc::new(Notify::new());
+        let task = tokio::spawn(dispatch(rx, vec![itx], batching, close.clone(), None));
+        for i in 0..10 {
+            tx.send(Arc::from(i.to_string())).await.unwrap();
+        }
+        // Ten events sent at once, at most four per batch: 4, 4, 2 — never
+        // ten batches of one.
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        while seen.len() < 10 {
+            let batch = irx.recv().await.unwrap();
+            sizes.push(batch.len());
+            seen.extend(batch.iter().map(|e| e.to_string()));
+        }
+        assert_eq!(sizes, [4, 4, 2]);
+        let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        assert_eq!(seen, expected);
+        // A lone event still goes out, after the linger.
+        let sent = Instant::now();
+        tx.send(Arc::from("last")).await.unwrap();
+        let batch = irx.recv().await.unwrap();
+        assert_eq!(&*batch[0], "last");
+        assert!(sent.elapsed() >= Duration::from_millis(200));
+        close.notify_one();
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[tokio::test]
