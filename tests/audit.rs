@@ -18,16 +18,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
 async fn connect(addr: SocketAddr, user: &str, pw: &str, db: &str) -> Client {
-    let conn = format!(
-        "host={} port={} user={user} password={pw} dbname={db}",
-        addr.ip(),
-        addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
+    common::connect_client(addr, user, pw, db).await
 }
 
 /// A proxy config auditing every statement class into `dir/audit.jsonl`.

@@ -26,16 +26,7 @@ use tokio_postgres::{Client, NoTls};
 const DAY_US: i64 = 86_400_000_000;
 
 async fn connect(addr: SocketAddr, db: &str) -> Client {
-    let conn = format!(
-        "host={} port={} user={SCRAM_USER} password={SCRAM_PW} dbname={db}",
-        addr.ip(),
-        addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
+    common::connect_client(addr, SCRAM_USER, SCRAM_PW, db).await
 }
 
 /// An in-process pgward auditing every class into `dir/audit.jsonl`.

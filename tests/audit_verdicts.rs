@@ -18,19 +18,10 @@ use pgward::audit::config::{FileSinkConfig, Fsync, SinkConfig};
 use pgward::config::{ClientTlsMode, Config};
 use pgward::identity::IdentitySource;
 use serde_json::{json, Value};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 async fn connect(addr: SocketAddr, db: &str) -> Client {
-    let conn = format!(
-        "host={} port={} user={SCRAM_USER} password={SCRAM_PW} dbname={db}",
-        addr.ip(),
-        addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
+    common::connect_client(addr, SCRAM_USER, SCRAM_PW, db).await
 }
 
 /// Audit every statement class of `cfg` into `dir/audit.jsonl`.

@@ -11,19 +11,10 @@ use common::{
 };
 use pgward::config::Config;
 use rawpg::Raw;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 async fn connect(addr: SocketAddr, user: &str, pw: &str, db: &str) -> Client {
-    let conn = format!(
-        "host={} port={} user={user} password={pw} dbname={db}",
-        addr.ip(),
-        addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
+    common::connect_client(addr, user, pw, db).await
 }
 
 fn config_with_policy(policy_toml: &str) -> Config {

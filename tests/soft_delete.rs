@@ -14,7 +14,7 @@ use common::{
 };
 use pgward::config::Config;
 use rawpg::{Msg, Raw};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const SCHEMA: &str = "
 CREATE TABLE users(id int PRIMARY KEY, name text, deleted_at timestamptz, deleted_by text, deletion_reason text);
@@ -79,15 +79,7 @@ fn psql(db: &str, sql: &str) -> String {
 }
 
 async fn connect(addr: SocketAddr, user: &str, pw: &str, db: &str) -> Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(addr.ip().to_string())
-        .port(addr.port())
-        .user(user)
-        .password(pw)
-        .dbname(db);
-    let (client, connection) = cfg.connect(NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
+    common::connect_client(addr, user, pw, db).await
 }
 
 fn tags(msgs: &[Msg]) -> Vec<String> {

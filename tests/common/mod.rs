@@ -252,3 +252,23 @@ pub async fn start_proxy(cfg: pgward::config::Config) -> pgward::proxy::RunningP
         .expect("pgward binds")
         .spawn()
 }
+
+/// A tokio-postgres client on `addr` (pgward or Postgres itself), its
+/// connection driven by a spawned task.
+#[allow(dead_code)]
+pub async fn connect_client(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user(user)
+        .password(password)
+        .dbname(db);
+    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
