@@ -24,6 +24,15 @@ async fn connect(addr: SocketAddr, db: &str) -> Client {
     common::connect_client(addr, SCRAM_USER, SCRAM_PW, db).await
 }
 
+/// Verified identities reach Postgres as the MD5 test role, its password
+/// read from a file in `dir`.
+fn log_in_upstream_as_md5_user(cfg: &mut Config, dir: &Path) {
+    let pw = dir.join("md5.pw");
+    std::fs::write(&pw, format!("{MD5_PW}\n")).unwrap();
+    cfg.identity.upstream.user = MD5_USER.into();
+    cfg.identity.upstream.password_file = Some(pw);
+}
+
 /// Audit every statement class of `cfg` into `dir/audit.jsonl`.
 fn audit_into(cfg: &mut Config, dir: &Path) {
     cfg.audit.filter.classes = vec!["ALL".into()];
@@ -277,12 +286,7 @@ async fn a_client_certificate_puts_its_subject_identity_and_context_in_every_eve
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = mtls_config(dir.path());
     cfg.identity.source = IdentitySource::Certificate;
-    cfg.identity.upstream.user = MD5_USER.into();
-    cfg.identity.upstream.password_file = Some({
-        let p = dir.path().join("md5.pw");
-        std::fs::write(&p, format!("{MD5_PW}\n")).unwrap();
-        p
-    });
+    log_in_upstream_as_md5_user(&mut cfg, dir.path());
     cfg.context
         .settings
         .insert("app.current_user_id".into(), "{cert.cn}".into());
@@ -364,12 +368,7 @@ async fn a_jwt_identity_is_audited_by_subject_and_issuer_only_with_its_context()
     });
     cfg.identity.jwt.issuer = Some("https://idp.test".into());
     cfg.identity.jwt.audience = vec!["pgward".into()];
-    cfg.identity.upstream.user = MD5_USER.into();
-    cfg.identity.upstream.password_file = Some({
-        let p = dir.path().join("md5.pw");
-        std::fs::write(&p, format!("{MD5_PW}\n")).unwrap();
-        p
-    });
+    log_in_upstream_as_md5_user(&mut cfg, dir.path());
     cfg.context
         .settings
         .insert("app.current_user_id".into(), "{jwt.sub}".into());
