@@ -53,6 +53,9 @@ impl Default for AuditConfig {
     }
 }
 
+/// Longest `audit.linger_ms` accepted.
+pub const MAX_LINGER_MS: u64 = 1000;
+
 impl AuditConfig {
     pub fn enabled(&self) -> bool {
         !self.sinks.is_empty()
@@ -61,6 +64,15 @@ impl AuditConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.queue_capacity == 0 || self.batch_max == 0 {
             return Err("audit.queue_capacity and audit.batch_max must be at least 1".into());
+        }
+        // Events wait this long before any sink sees them; beyond a second
+        // it is a typo, not a batching choice (and a full queue would hold
+        // sessions for as long).
+        if self.linger_ms > MAX_LINGER_MS {
+            return Err(format!(
+                "audit.linger_ms = {} is too long (at most {MAX_LINGER_MS})",
+                self.linger_ms
+            ));
         }
         for c in self
             .filter
@@ -311,5 +323,10 @@ mod tests {
         assert!(w.audit.validate().unwrap_err().contains("distinct"));
         let w: Wrap = toml::from_str("[audit.filter]\nclasses = [\"REED\"]\n").unwrap();
         assert!(w.audit.validate().unwrap_err().contains("REED"));
+        let w: Wrap = toml::from_str("[audit]\nlinger_ms = 86400000\n").unwrap();
+        assert!(w.audit.validate().unwrap_err().contains("linger_ms"));
+        let w: Wrap = toml::from_str("[audit]\nlinger_ms = 0\n").unwrap();
+        assert!(w.audit.validate().is_ok());
+        assert!(toml::from_str::<Wrap>("[audit]\nlinger_ms = -1\n").is_err());
     }
 }
