@@ -172,10 +172,33 @@ pub struct SessionAudit {
     groups: VecDeque<Group>,
     statements: HashMap<String, Arc<Stmt>>,
     portals: HashMap<String, (Arc<Stmt>, Option<Params>)>,
+    /// Statements whose outcome is known, serialized by [`Self::take_events`]
+    /// once the relay has forwarded the reply (not while the client waits).
+    finished: Vec<Finished>,
     /// Serialized events for the relay to queue (it may wait; we may not).
     outbox: Vec<(&'static str, Arc<str>)>,
+    /// Recently parsed statements by text (see [`Self::describe_parse`]).
+    recent_parses: HashMap<String, RecentParse>,
     pub lex: LexOptions,
 }
+
+/// A finished statement whose event is still to be serialized.
+struct Finished {
+    stmt: Arc<Stmt>,
+    params: Option<Vec<Option<String>>>,
+    outcome: Outcome,
+    slot: Option<Reservation>,
+}
+
+/// A Parse described before, and what its description was made from.
+struct RecentParse {
+    lex: LexOptions,
+    facts: StatementFacts,
+    stmt: Arc<Stmt>,
+}
+
+/// Texts remembered per session; past it the memo starts afresh.
+const RECENT_PARSES: usize = 64;
 
 impl SessionAudit {
     pub fn new(audit: Arc<Audit>, info: SessionInfo) -> SessionAudit {
@@ -190,7 +213,9 @@ impl SessionAudit {
             groups: VecDeque::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            finished: Vec::new(),
             outbox: Vec::new(),
+            recent_parses: HashMap::new(),
             lex: LexOptions::default(),
         }
     }
@@ -212,8 +237,24 @@ impl SessionAudit {
         }
     }
 
-    /// Events ready to be queued by the relay.
+    /// Events ready to be queued by the relay: the statements finished
+    /// since the last call, serialized now.
     pub fn take_events(&mut self) -> Vec<(&'static str, Arc<str>)> {
+        if !self.finished.is_empty() {
+            let info = &self.info;
+            let session = self
+                .session_json
+                .get_or_insert_with(|| info.event(EventType::Statement).session_fragment());
+            for f in self.finished.drain(..) {
+                let json =
+                    event::statement_json(session, f.stmt.head(), f.params.as_ref(), &f.outcome);
+                let json: Arc<str> = json.into();
+                match f.slot {
+                    Some(slot) => self.audit.send_reserved(slot, "statement", json),
+                    None => self.outbox.push(("statement", json)),
+                }
+            }
+        }
         std::mem::take(&mut self.outbox)
     }
 
@@ -466,13 +507,52 @@ impl SessionAudit {
 
     /// A Parse of statement `name` (`tokens` as for [`Self::on_query`]).
     pub fn on_parse(&mut self, name: &str, eval: &Evaluation, tokens: Option<&PolicyTokens>) {
-        let stmt = Arc::new(match eval.statements.as_slice() {
-            [] => self.describe(None, eval, "extended", 0, None),
-            [f, ..] => self.describe(Some(f), eval, "extended", 0, tokens),
-        });
-        self.statements.insert(name.to_string(), stmt.clone());
+        let stmt = match eval.statements.as_slice() {
+            [] => Arc::new(self.describe(None, eval, "extended", 0, None)),
+            [f, ..] => self.describe_parse(f, eval, tokens),
+        };
+        match self.statements.get_mut(name) {
+            Some(slot) => *slot = stmt.clone(),
+            None => {
+                self.statements.insert(name.to_string(), stmt.clone());
+            }
+        }
         let op = self.new_op(OpKind::Parse, stmt, None);
         self.open_group().ops.push(op);
+    }
+
+    /// The description of a Parse. Drivers parse the same text again and
+    /// again (pgbench's and many ORMs' unnamed statement before every
+    /// Execute); an allowed text whose facts match one described before
+    /// reuses that statement, already redacted and serialized.
+    fn describe_parse(
+        &mut self,
+        facts: &StatementFacts,
+        eval: &Evaluation,
+        tokens: Option<&PolicyTokens>,
+    ) -> Arc<Stmt> {
+        // Other verdicts carry rule ids and reasons: always described anew.
+        let reusable = matches!(eval.verdict, Verdict::Allow);
+        if reusable {
+            if let Some(r) = self.recent_parses.get(facts.text.as_str()) {
+                if r.lex == self.lex && r.facts == *facts {
+                    return r.stmt.clone();
+                }
+            }
+        }
+        let stmt = Arc::new(self.describe(Some(facts), eval, "extended", 0, tokens));
+        if reusable && facts.text.len() <= super::redact_cache::MAX_TEXT_BYTES {
+            if self.recent_parses.len() >= RECENT_PARSES {
+                self.recent_parses.clear();
+            }
+            let recent = RecentParse {
+                lex: self.lex,
+                facts: facts.clone(),
+                stmt: stmt.clone(),
+            };
+            self.recent_parses.insert(facts.text.clone(), recent);
+        }
+        stmt
     }
 
     pub fn on_bind(&mut self, body: &[u8]) {
@@ -503,16 +583,21 @@ impl SessionAudit {
         let params = (self.audit.config().log_parameters && stmt.audited)
             .then(|| bind_params(rest))
             .flatten();
-        self.portals
-            .insert(String::from_utf8_lossy(portal).into_owned(), (stmt, params));
+        let portal = String::from_utf8_lossy(portal);
+        match self.portals.get_mut(&*portal) {
+            Some(slot) => *slot = (stmt, params),
+            None => {
+                self.portals.insert(portal.into_owned(), (stmt, params));
+            }
+        }
     }
 
     /// An Execute; `Some(block)` when it must be refused (fail_closed).
     pub fn on_execute(&mut self, body: &[u8]) -> Option<Block> {
-        let portal = frame::read_cstr(body).map_or_else(String::new, |(p, _)| {
-            String::from_utf8_lossy(p).into_owned()
+        let portal = frame::read_cstr(body).map_or(std::borrow::Cow::Borrowed(""), |(p, _)| {
+            String::from_utf8_lossy(p)
         });
-        let (stmt, params) = match self.portals.get(&portal) {
+        let (stmt, params) = match self.portals.get(&*portal) {
             Some((s, p)) => (s.clone(), p.clone()),
             None => return None,
         };
@@ -623,16 +708,12 @@ impl SessionAudit {
         if op.refused || !op.stmt.audited {
             return;
         }
-        let info = &self.info;
-        let session = self
-            .session_json
-            .get_or_insert_with(|| info.event(EventType::Statement).session_fragment());
-        let json = event::statement_json(session, op.stmt.head(), op.params.as_ref(), &outcome);
-        let json: Arc<str> = json.into();
-        match op.slot {
-            Some(slot) => self.audit.send_reserved(slot, "statement", json),
-            None => self.outbox.push(("statement", json)),
-        }
+        self.finished.push(Finished {
+            stmt: op.stmt,
+            params: op.params,
+            outcome,
+            slot: op.slot,
+        });
     }
 }
 

@@ -22,12 +22,16 @@
 use super::facts::{StatementFacts, StatementKind};
 use super::lexer::{self, Lexed, TokenKind};
 
-/// The template key of `sql`, when it is a single statement without
-/// Unicode escapes. `None` means "use the exact-text path".
+/// The template key of `sql`, when it is a single statement with at least
+/// one literal and without Unicode escapes. `None` means "use the
+/// exact-text path": a text without literals is its template's only
+/// instance (`$1` parameters are not literals), and the exact-text cache
+/// answers it without lexing.
 pub fn key(sql: &str, lexed: &Lexed) -> Option<String> {
     let [stmt] = lexed.statements.as_slice() else {
         return None;
     };
+    let mut literals = false;
     let mut out = String::with_capacity(stmt.bytes.len() + 8);
     for t in &lexed.tokens[stmt.tokens.clone()] {
         let marker = match t.kind {
@@ -44,10 +48,11 @@ pub fn key(sql: &str, lexed: &Lexed) -> Option<String> {
                 continue;
             }
         };
+        literals = true;
         out.push_str(marker);
         out.push('\u{2}');
     }
-    Some(out)
+    literals.then_some(out)
 }
 
 /// Whether facts classified from one instance of a template hold for every
@@ -112,6 +117,11 @@ mod tests {
             key_of("SELECT /* x */ abalance FROM pgbench_accounts WHERE aid = 5 -- y")
         );
         assert_eq!(key_of("SELECT 1; SELECT 2"), None);
+        // No literal: the exact-text cache serves it.
+        assert_eq!(
+            key_of("SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+            None
+        );
         assert_eq!(key_of("SELECT U&\"d!0061t\" UESCAPE '!' FROM t"), None);
     }
 
