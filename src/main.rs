@@ -361,8 +361,9 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
     result
 }
 
-/// The tokio runtime. `PGWARD_WORKER_THREADS=1` selects a single-threaded
-/// event loop (like PgBouncer's); otherwise one worker per core.
+/// The runtime for accepting, the admin port, reloads and the audit
+/// pipeline (sessions run on `proxy::loops`). `PGWARD_WORKER_THREADS=1`
+/// makes it single-threaded too; otherwise one worker per core.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     match std::env::var("PGWARD_WORKER_THREADS")
         .ok()

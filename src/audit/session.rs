@@ -820,6 +820,107 @@ fn no_tag(
 mod tests {
     use super::*;
 
+    /// A session auditing every statement to a file in `dir`.
+    async fn audited_session(dir: &std::path::Path) -> SessionAudit {
+        use crate::audit::config::{AuditConfig, FileSinkConfig, Fsync, SinkConfig};
+        let mut config = AuditConfig {
+            sinks: vec![SinkConfig::File(FileSinkConfig {
+                path: dir.join("a.jsonl"),
+                fsync: Fsync::Never,
+                ..FileSinkConfig::default()
+            })],
+            ..AuditConfig::default()
+        };
+        config.filter.classes = vec!["ALL".into()];
+        let audit = Audit::start(&config, &Default::default())
+            .await
+            .unwrap()
+            .unwrap();
+        SessionAudit::new(audit, SessionInfo::default())
+    }
+
+    fn parse_eval(policy: &crate::policy::Policy, sql: &str) -> Evaluation {
+        let scope = crate::policy::SessionScope::default();
+        let registry = crate::policy::PreparedRegistry::new();
+        policy.evaluate(sql, &scope, LexOptions::default(), &registry)
+    }
+
+    #[tokio::test]
+    async fn a_repeated_parse_reuses_its_statement_unless_facts_verdict_or_lexing_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = audited_session(dir.path()).await;
+        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let select = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let described = |a: &SessionAudit, name: &str| a.statements[name].clone();
+
+        a.on_parse("", &parse_eval(&policy, select), None);
+        let first = described(&a, "");
+        a.on_parse("", &parse_eval(&policy, select), None);
+        assert!(Arc::ptr_eq(&first, &described(&a, "")), "same text: reused");
+        assert_eq!(first.sql, select);
+
+        // Another text, then the first again: both remembered.
+        let other = "SELECT bbalance FROM pgbench_branches WHERE bid = $1";
+        a.on_parse("s1", &parse_eval(&policy, other), None);
+        assert_eq!(described(&a, "s1").tables, ["pgbench_branches"]);
+        a.on_parse("", &parse_eval(&policy, select), None);
+        assert!(Arc::ptr_eq(&first, &described(&a, "")));
+
+        // A blocked text is described anew each time (rule id, reason).
+        let delete = "DELETE FROM pgbench_accounts";
+        a.on_parse("", &parse_eval(&policy, delete), None);
+        let blocked = described(&a, "");
+        assert_eq!(blocked.verdict, AuditVerdict::Blocked);
+        a.on_parse("", &parse_eval(&policy, delete), None);
+        assert!(!Arc::ptr_eq(&blocked, &described(&a, "")));
+
+        // Different lexing rules: described again.
+        a.lex = LexOptions {
+            standard_conforming_strings: false,
+        };
+        a.on_parse("", &parse_eval(&policy, select), None);
+        assert!(!Arc::ptr_eq(&first, &described(&a, "")));
+
+        // The memo is bounded.
+        for i in 0..(3 * RECENT_PARSES) {
+            let sql = format!("SELECT * FROM t{i} WHERE id = $1");
+            a.on_parse("", &parse_eval(&policy, &sql), None);
+        }
+        assert!(a.recent_parses.len() <= RECENT_PARSES);
+    }
+
+    #[tokio::test]
+    async fn statement_events_are_serialized_when_taken_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = audited_session(dir.path()).await;
+        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let select = "SELECT a FROM t WHERE id = $1";
+        for _ in 0..2 {
+            a.on_parse("", &parse_eval(&policy, select), None);
+            a.on_bind(b"\0\0\0\0\0\0");
+            assert!(a.on_execute(b"\0\0\0\0\0").is_none());
+            a.on_sync();
+        }
+        a.on_complete(Some("SELECT 1"));
+        a.on_ready();
+        a.on_complete(Some("SELECT 0"));
+        a.on_ready();
+        let events = a.take_events();
+        assert_eq!(events.len(), 2);
+        assert!(
+            events[0].1.contains("\"command_tag\":\"SELECT 1\""),
+            "{}",
+            events[0].1
+        );
+        assert!(
+            events[1].1.contains("\"command_tag\":\"SELECT 0\""),
+            "{}",
+            events[1].1
+        );
+        assert!(events[0].1.contains(select));
+        assert!(a.take_events().is_empty());
+    }
+
     #[test]
     fn rows_come_from_the_last_number_of_the_tag() {
         assert_eq!(rows_of("INSERT 0 5"), Some(5));

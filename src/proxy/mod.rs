@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod handshake;
+pub mod loops;
 pub mod relay;
 pub mod retag;
 pub mod seams;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
@@ -515,10 +516,24 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 m.client_connections_total.inc();
                 let guard = SessionGuard(shared.clone());
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                let run = move |tcp: TcpStream| async move {
                     session::serve(shared, tcp, peer, permit).await;
                     drop(guard);
-                });
+                };
+                let Some(session_loops) = loops::SessionLoops::get() else {
+                    tokio::spawn(run(tcp));
+                    continue;
+                };
+                // The socket moves to the loop's reactor.
+                match tcp.into_std() {
+                    Ok(tcp) => session_loops.spawn(async move {
+                        match TcpStream::from_std(tcp) {
+                            Ok(tcp) => run(tcp).await,
+                            Err(e) => error!(error = %e, %peer, "cannot register client socket"),
+                        }
+                    }),
+                    Err(e) => error!(error = %e, %peer, "cannot hand over client socket"),
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

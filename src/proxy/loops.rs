@@ -1,0 +1,168 @@
+//! Session event loops: one single-threaded tokio runtime per core, each
+//! running the sessions handed to it from accept to close.
+//!
+//! A session's two sockets are always busy together, so nothing is gained
+//! by moving it between threads, and a work-stealing runtime pays for the
+//! possibility: a worker that finds more than one ready task wakes a
+//! parked peer (a futex call and two context switches) to steal one. On a
+//! host where Postgres and the clients share the proxy's cores those
+//! wake-ups cost more than they save. Here, as in PgBouncer's event loop,
+//! a loop only sleeps in `epoll_wait` and only wakes for its own sockets.
+//! New sessions go to the loop with the fewest live sessions.
+//!
+//! The loops are shared by every proxy in the process and live as long as
+//! it does. Everything else (accepting, the admin port, the audit
+//! pipeline, reloads) stays on the caller's runtime.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::runtime::Handle;
+
+/// `PGWARD_WORKER_THREADS=N` sets the number of loops; the default is one
+/// per core.
+pub const THREADS_ENV: &str = "PGWARD_WORKER_THREADS";
+
+struct Loop {
+    handle: Handle,
+    sessions: Arc<AtomicUsize>,
+}
+
+pub struct SessionLoops {
+    loops: Vec<Loop>,
+}
+
+impl SessionLoops {
+    /// The process's loops, started on first use. `None` if not even one
+    /// thread could be started (the caller then runs sessions itself).
+    pub fn get() -> Option<&'static SessionLoops> {
+        static LOOPS: OnceLock<Option<SessionLoops>> = OnceLock::new();
+        LOOPS
+            .get_or_init(|| {
+                let n = std::env::var(THREADS_ENV)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                SessionLoops::start(n)
+            })
+            .as_ref()
+    }
+
+    fn start(n: usize) -> Option<SessionLoops> {
+        let mut loops = Vec::with_capacity(n);
+        for i in 0..n {
+            match start_loop(i) {
+                Ok(l) => loops.push(l),
+                Err(e) => tracing::error!(error = %e, "cannot start session loop {i}"),
+            }
+        }
+        (!loops.is_empty()).then_some(SessionLoops { loops })
+    }
+
+    pub fn len(&self) -> usize {
+        self.loops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loops.is_empty()
+    }
+
+    /// Run `session` to completion on the least busy loop.
+    pub fn spawn<F>(&self, session: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let chosen = self
+            .loops
+            .iter()
+            .min_by_key(|l| l.sessions.load(Ordering::Relaxed))
+            .expect("at least one loop");
+        let live = SessionCount::enter(chosen.sessions.clone());
+        chosen.handle.spawn(async move {
+            let _live = live;
+            session.await;
+        });
+    }
+
+    /// Live sessions per loop, for tests and diagnostics.
+    pub fn sessions_per_loop(&self) -> Vec<usize> {
+        self.loops
+            .iter()
+            .map(|l| l.sessions.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn start_loop(i: usize) -> std::io::Result<Loop> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("pgward-loop-{i}"))
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(Loop {
+        handle,
+        sessions: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+/// Counts a session on its loop until dropped (also when the session's
+/// task is cancelled).
+struct SessionCount(Arc<AtomicUsize>);
+
+impl SessionCount {
+    fn enter(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        SessionCount(count)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_go_to_the_least_busy_loop_and_are_counted_until_they_end() {
+        let loops = SessionLoops::start(2).expect("two loops");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut gates = Vec::new();
+        for _ in 0..4 {
+            let (open, gate) = tokio::sync::oneshot::channel::<()>();
+            gates.push(open);
+            let tx = tx.clone();
+            loops.spawn(async move {
+                let _ = gate.await;
+                let _ = tx.send(std::thread::current().name().map(str::to_string));
+            });
+        }
+        assert_eq!(loops.sessions_per_loop(), vec![2, 2]);
+        drop(gates);
+        let mut names: Vec<_> = (0..4).map(|_| rx.recv().unwrap().unwrap()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "pgward-loop-0",
+                "pgward-loop-0",
+                "pgward-loop-1",
+                "pgward-loop-1"
+            ]
+        );
+        for _ in 0..100 {
+            if loops.sessions_per_loop() == vec![0, 0] {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("sessions still counted: {:?}", loops.sessions_per_loop());
+    }
+}
