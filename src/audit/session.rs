@@ -116,6 +116,21 @@ struct Stmt {
 }
 
 impl Stmt {
+    /// Equal in everything its events carry (the head is derived).
+    fn same_description(&self, other: &Stmt) -> bool {
+        self.audited == other.audited
+            && self.protocol == other.protocol
+            && self.kind == other.kind
+            && self.class == other.class
+            && self.tables == other.tables
+            && self.verdict == other.verdict
+            && self.rule_id == other.rule_id
+            && self.reason == other.reason
+            && self.sql == other.sql
+            && self.sql_sent == other.sql_sent
+            && self.fingerprint == other.fingerprint
+    }
+
     fn head(&self) -> &str {
         self.head.get_or_init(|| {
             StatementHead {
@@ -179,6 +194,8 @@ pub struct SessionAudit {
     outbox: Vec<(&'static str, Arc<str>)>,
     /// Recently parsed statements by text (see [`Self::describe_parse`]).
     recent_parses: HashMap<String, RecentParse>,
+    /// Recent Query statements by redacted text (see [`Self::share`]).
+    recent_queries: HashMap<String, Arc<Stmt>>,
     pub lex: LexOptions,
 }
 
@@ -216,6 +233,7 @@ impl SessionAudit {
             finished: Vec::new(),
             outbox: Vec::new(),
             recent_parses: HashMap::new(),
+            recent_queries: HashMap::new(),
             lex: LexOptions::default(),
         }
     }
@@ -435,7 +453,8 @@ impl SessionAudit {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let stmt = Arc::new(self.describe(Some(f), &eval, "simple", i, tokens));
+                let described = self.describe(Some(f), &eval, "simple", i, tokens);
+                let stmt = self.share(described);
                 self.new_op(OpKind::Run, stmt, None)
             })
             .collect();
@@ -519,6 +538,26 @@ impl SessionAudit {
         }
         let op = self.new_op(OpKind::Parse, stmt, None);
         self.open_group().ops.push(op);
+    }
+
+    /// One `Arc` per distinct description of a Query statement, so its
+    /// event head is serialized once: simple-protocol texts that differ only
+    /// in their literals redact to the same text and are described alike.
+    fn share(&mut self, stmt: Stmt) -> Arc<Stmt> {
+        if !stmt.audited || stmt.sql.len() > super::redact_cache::MAX_TEXT_BYTES {
+            return Arc::new(stmt);
+        }
+        if let Some(known) = self.recent_queries.get(stmt.sql.as_str()) {
+            if known.same_description(&stmt) {
+                return known.clone();
+            }
+        }
+        if self.recent_queries.len() >= RECENT_PARSES {
+            self.recent_queries.clear();
+        }
+        let stmt = Arc::new(stmt);
+        self.recent_queries.insert(stmt.sql.clone(), stmt.clone());
+        stmt
     }
 
     /// The description of a Parse. Drivers parse the same text again and
@@ -887,6 +926,39 @@ mod tests {
             a.on_parse("", &parse_eval(&policy, &sql), None);
         }
         assert!(a.recent_parses.len() <= RECENT_PARSES);
+    }
+
+    #[tokio::test]
+    async fn queries_that_differ_only_in_literals_share_one_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = audited_session(dir.path()).await;
+        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let query = |a: &mut SessionAudit, sql: &str| {
+            a.on_query(parse_eval(&policy, sql), None);
+            let op = &a.groups.back().unwrap().ops[0];
+            op.stmt.clone()
+        };
+        let one = query(
+            &mut a,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 17",
+        );
+        let two = query(
+            &mut a,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4242",
+        );
+        assert!(Arc::ptr_eq(&one, &two));
+        assert!(!one.sql.contains("17"), "{}", one.sql);
+        let other = query(
+            &mut a,
+            "SELECT bbalance FROM pgbench_branches WHERE bid = 17",
+        );
+        assert!(!Arc::ptr_eq(&one, &other));
+        let blocked = query(&mut a, "DELETE FROM pgbench_accounts");
+        assert_eq!(blocked.verdict, AuditVerdict::Blocked);
+        assert!(Arc::ptr_eq(
+            &blocked,
+            &query(&mut a, "DELETE FROM pgbench_accounts")
+        ));
     }
 
     #[tokio::test]
