@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::statements;
 use common::{cluster, fresh_database, start_proxy, SCRAM_PW, SCRAM_USER};
 use pgward::audit::chain::{self, Chain};
 use pgward::audit::config::{Clock, FileSinkConfig, Fsync, SinkConfig};
@@ -76,19 +77,7 @@ fn stream(active: &Path) -> Vec<PathBuf> {
 
 /// Poll until `want` holds for the events of `files`.
 async fn wait_for(files: impl Fn() -> Vec<PathBuf>, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let events = events_of(&files());
-        if want(&events) {
-            return events;
-        }
-        assert!(Instant::now() < deadline, "timed out: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn statements(events: &[Value]) -> Vec<&Value> {
-    events.iter().filter(|e| e["type"] == "statement").collect()
+    common::poll_events(|| events_of(&files()), want).await
 }
 
 fn sql_of(e: &Value) -> &str {

@@ -8,8 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::statements;
 use common::{
     cluster, fresh_database, proxy_config, start_proxy, MD5_PW, MD5_USER, SCRAM_PW, SCRAM_USER,
     SUPERUSER_PW,
@@ -52,19 +53,7 @@ fn read_events(path: &Path) -> Vec<Value> {
 }
 
 async fn wait_for(path: &Path, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let events = read_events(path);
-        if want(&events) {
-            return events;
-        }
-        assert!(Instant::now() < deadline, "timed out: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn statements(events: &[Value]) -> Vec<&Value> {
-    events.iter().filter(|e| e["type"] == "statement").collect()
+    common::poll_events(|| read_events(path), want).await
 }
 
 fn psql(db: &str, sql: &str) -> String {

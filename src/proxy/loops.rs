@@ -61,14 +61,6 @@ impl SessionLoops {
         (!loops.is_empty()).then_some(SessionLoops { loops })
     }
 
-    pub fn len(&self) -> usize {
-        self.loops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.loops.is_empty()
-    }
-
     /// Run `session` to completion on the least busy loop.
     pub fn spawn<F>(&self, session: F)
     where

@@ -272,3 +272,28 @@ pub async fn connect_client(
     tokio::spawn(connection);
     client
 }
+
+/// Poll `read` until `want` holds for the audit events it returns; fails
+/// the test after 15 s, showing what was there.
+pub async fn poll_events(
+    read: impl Fn() -> Vec<serde_json::Value>,
+    want: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let events = read();
+        if want(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {events:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The statement events among `events`.
+pub fn statements(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    events.iter().filter(|e| e["type"] == "statement").collect()
+}
