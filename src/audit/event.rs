@@ -329,9 +329,64 @@ pub fn statement_json(
         serde_json::to_writer(&mut bytes, p).expect("parameters always serialize");
     }
     bytes.extend_from_slice(b",\"outcome\":");
-    serde_json::to_writer(&mut bytes, outcome).expect("outcomes always serialize");
+    outcome.write_json(&mut bytes);
     bytes.extend_from_slice(b"}}");
     String::from_utf8(bytes).expect("JSON built from strings is UTF-8")
+}
+
+impl Outcome {
+    /// The JSON serde writes for this outcome, without its machinery: it is
+    /// written once per statement event, on the session's thread.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"status\":");
+        push_json_str(out, &self.status);
+        if let Some(tag) = &self.command_tag {
+            out.extend_from_slice(b",\"command_tag\":");
+            push_json_str(out, tag);
+        }
+        if let Some(rows) = self.rows {
+            out.extend_from_slice(b",\"rows\":");
+            push_decimal(out, rows);
+        }
+        if let Some(sqlstate) = &self.sqlstate {
+            out.extend_from_slice(b",\"sqlstate\":");
+            push_json_str(out, sqlstate);
+        }
+        if let Some(message) = &self.message {
+            out.extend_from_slice(b",\"message\":");
+            push_json_str(out, message);
+        }
+        out.extend_from_slice(b",\"duration_us\":");
+        push_decimal(out, self.duration_us);
+        out.push(b'}');
+    }
+}
+
+/// `s` as a JSON string. Text with nothing to escape (no quote, backslash
+/// or control character; other UTF-8 is written as is, as serde does) is
+/// copied; the rest goes through serde_json.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("strings always serialize");
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// An event id: 13 hex digits of µs, 6 of the instance tag (as
@@ -453,6 +508,47 @@ mod tests {
                 e.time = back.time;
                 assert_eq!(fast, e.to_json());
             }
+        }
+    }
+
+    #[test]
+    fn outcomes_are_written_as_serde_writes_them() {
+        let outcomes = [
+            Outcome {
+                status: "ok".into(),
+                command_tag: Some("SELECT 1".into()),
+                rows: Some(1),
+                sqlstate: None,
+                message: None,
+                duration_us: 0,
+            },
+            Outcome {
+                status: "skipped".into(),
+                command_tag: None,
+                rows: None,
+                sqlstate: None,
+                message: None,
+                duration_us: u64::MAX,
+            },
+            Outcome {
+                status: "error".into(),
+                command_tag: Some("INSERT 0 18446744073709551615".into()),
+                rows: Some(u64::MAX),
+                sqlstate: Some("22P02".into()),
+                message: Some(
+                    "tab\t, \"quote\", back\\slash, nul \u{0}, bell \u{7}, del \u{7f}, é 漢 🦀"
+                        .into(),
+                ),
+                duration_us: 1_234_567,
+            },
+        ];
+        for o in outcomes {
+            let mut fast = Vec::new();
+            o.write_json(&mut fast);
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                serde_json::to_string(&o).unwrap()
+            );
         }
     }
 

@@ -2,10 +2,16 @@
 //! dispatcher that batches them, and one task per sink with its own bounded
 //! inbox, hash chain, retries and progress. A slow sink fills its inbox,
 //! then the queue; then `on_full` decides what sessions experience.
+//!
+//! The dispatcher and the sink tasks run on one thread of their own
+//! (`pgward-audit`, a single-threaded runtime), so handing a batch from the
+//! dispatcher to a sink wakes no other thread; the sessions' only cost is
+//! the queue push.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -31,6 +37,28 @@ pub struct Audit {
     close: Arc<Notify>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     redactions: RedactCache,
+    queued_by_kind: QueuedCounters,
+}
+
+/// The `type` labels of events.
+const KINDS: [&str; 5] = ["statement", "connection", "auth", "policy", "alert"];
+
+/// The queued-events counter of each kind, looked up once rather than by
+/// label per event.
+struct QueuedCounters([prometheus::IntCounter; KINDS.len()]);
+
+impl QueuedCounters {
+    fn new() -> Self {
+        let events = &metrics().audit.events;
+        QueuedCounters(KINDS.map(|k| events.with_label_values(&[k])))
+    }
+
+    fn inc(&self, kind: &str) {
+        match KINDS.iter().position(|k| *k == kind) {
+            Some(i) => self.0[i].inc(),
+            None => metrics().audit.events.with_label_values(&[kind]).inc(),
+        }
+    }
 }
 
 /// A reserved queue slot: the event it carries cannot be refused.
@@ -58,13 +86,13 @@ impl Audit {
         for sink in built {
             let (itx, irx) = mpsc::channel::<Batch>(SINK_INBOX);
             inboxes.push(itx);
-            tasks.push(tokio::spawn(run_sink(sink, irx)));
+            tasks.push(audit_thread().spawn(run_sink(sink, irx)));
         }
         let monitor = match &config.mass_delete {
             Some(m) => Some(super::mass_delete::Monitor::new(m)?),
             None => None,
         };
-        tasks.push(tokio::spawn(dispatch(
+        tasks.push(audit_thread().spawn(dispatch(
             rx,
             inboxes,
             Batching {
@@ -80,6 +108,7 @@ impl Audit {
             close,
             tasks: std::sync::Mutex::new(tasks),
             redactions: RedactCache::default(),
+            queued_by_kind: QueuedCounters::new(),
         })))
     }
 
@@ -153,9 +182,10 @@ impl Audit {
     }
 
     fn queued(&self, kind: &'static str) {
-        let m = &metrics().audit;
-        m.events.with_label_values(&[kind]).inc();
-        m.queue_depth
+        self.queued_by_kind.inc(kind);
+        metrics()
+            .audit
+            .queue_depth
             .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
     }
 
@@ -186,6 +216,28 @@ impl Event {
             Alert => "alert",
         }
     }
+}
+
+/// The runtime of the `pgward-audit` thread, started on first use and
+/// shared by every pipeline in the process; the caller's runtime if that
+/// thread cannot be started.
+fn audit_thread() -> Handle {
+    static AUDIT: OnceLock<Option<Handle>> = OnceLock::new();
+    let started = AUDIT.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| tracing::error!(error = %e, "cannot build the audit runtime"))
+            .ok()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("pgward-audit".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the audit thread"))
+            .ok()?;
+        Some(handle)
+    });
+    started.clone().unwrap_or_else(Handle::current)
 }
 
 /// How the dispatcher forms batches.
