@@ -279,7 +279,7 @@ for ((r = 0; r < ROUNDS; r++)); do
         say "FAILED: $t ${WNAMES[$w]}: $(tail -3 "$out" | tr '\n' ' ')"
         tps=0; lat=0
       fi
-      printf '%s\t%s\t%s\t%s\n' "${WNAMES[$w]}" "$t" "${tps:-0}" "${lat:-0}" >>"$RES"
+      printf '%s\t%s\t%s\t%s\t%s\n' "${WNAMES[$w]}" "$t" "${tps:-0}" "${lat:-0}" "$r" >>"$RES"
       say "round $((r + 1)) ${WNAMES[$w]} $t: tps=$tps lat=${lat}ms (load $(load1))"
     done
   done
@@ -381,14 +381,32 @@ fi
 LOAD_AFTER=$(cat /proc/loadavg)
 
 # ---------------------------------------------------------------- report
+# awk: the median of the per-round ratios of target to reference. Both ran
+# in the same round, one right after the other, so slow drifts of this
+# shared machine cancel in each ratio, and one disturbed run moves a median
+# of three or more rounds less than it moves a mean.
+MEDIAN_AWK='
+  function median(v, m,   i, j, x) {
+    for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
+  function paired(w, t, ref,   r, m, v) {
+    m = 0
+    for (r = 0; r < rounds; r++) if ((w SUBSEP t SUBSEP r) in rt && (w SUBSEP ref SUBSEP r) in rt && rt[w SUBSEP ref SUBSEP r] > 0)
+      v[++m] = rt[w SUBSEP t SUBSEP r] / rt[w SUBSEP ref SUBSEP r]
+    return m ? median(v, m) : -1
+  }'
+
 echo
 echo "## pgbench (DURATION=${DURATION}s, ROUNDS=$ROUNDS, scale $SCALE; TPS and latency are the mean over rounds)"
 echo
-awk -F'\t' '
-  { k = $1 SUBSEP $2; if (!(k in n)) { order[++no] = k } n[k]++; tps[k] += $3; lat[k] += $4 }
+echo "The last column is the median over rounds of the ratio to PgBouncer measured within one round."
+echo
+awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
+  { k = $1 SUBSEP $2; if (!(k in n)) { order[++no] = k } n[k]++; tps[k] += $3; lat[k] += $4; rt[$1 SUBSEP $2 SUBSEP $5] = $3 }
   END {
-    print "| workload | target | TPS | avg latency ms | +latency vs direct ms | ratio to direct | ratio to pgbouncer |"
-    print "|---|---|---:|---:|---:|---:|---:|"
+    print "| workload | target | TPS | avg latency ms | +latency vs direct ms | ratio to direct | ratio to pgbouncer | median per-round ratio to pgbouncer |"
+    print "|---|---|---:|---:|---:|---:|---:|---:|"
     for (i = 1; i <= no; i++) { k = order[i]; split(k, p, SUBSEP); wl[p[1]] = 1 }
     nw = 0
     for (i = 1; i <= no; i++) { split(order[i], p, SUBSEP); if (!(p[1] in seen)) { seen[p[1]] = 1; ws[++nw] = p[1] } }
@@ -400,7 +418,8 @@ awk -F'\t' '
       # AUDIT_ONLY runs have no direct/pgbouncer reference: "-".
       if (d in n) { TD = tps[d] / n[d]; dl = sprintf("%+.3f", L - lat[d] / n[d]); dr = sprintf("%.3f", TD > 0 ? T / TD : 0) } else { dl = "-"; dr = "-" }
       if (b in n) { TB = tps[b] / n[b]; br = sprintf("%.3f", TB > 0 ? T / TB : 0) } else { br = "-" }
-      printf "| %s | %s | %.0f | %.3f | %s | %s | %s |\n", ws[w], ts[j], T, L, dl, dr, br
+      pm = paired(ws[w], ts[j], "pgbouncer"); pr = (pm < 0 ? "-" : sprintf("%.3f", pm))
+      printf "| %s | %s | %.0f | %.3f | %s | %s | %s | %s |\n", ws[w], ts[j], T, L, dl, dr, br, pr
     }
   }' "$RES"
 
@@ -409,16 +428,17 @@ echo "## Audit cost (select-only; pgward-audit = default policy + every statemen
 echo
 echo "$AUDIT_EVENTS statement events written for $AUDIT_TX pgward-audit transactions."
 echo
-awk -F'\t' '
-  $2 == "pgward" || $2 == "pgward-audit" { k = $1 SUBSEP $2; if (!($1 in seen)) { seen[$1] = 1; ws[++nw] = $1 } n[k]++; tps[k] += $3 }
+awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
+  $2 == "pgward" || $2 == "pgward-audit" { k = $1 SUBSEP $2; if (!($1 in seen)) { seen[$1] = 1; ws[++nw] = $1 } n[k]++; tps[k] += $3; rt[$1 SUBSEP $2 SUBSEP $5] = $3 }
   END {
-    print "| workload | pgward TPS | pgward-audit TPS | ratio audit/pgward | audit cost |"
-    print "|---|---:|---:|---:|---:|"
+    print "| workload | pgward TPS | pgward-audit TPS | ratio audit/pgward | audit cost | median per-round audit cost |"
+    print "|---|---:|---:|---:|---:|---:|"
     for (w = 1; w <= nw; w++) {
       a = ws[w] SUBSEP "pgward"; b = ws[w] SUBSEP "pgward-audit"
       if (!(a in n) || !(b in n)) continue
       A = tps[a] / n[a]; B = tps[b] / n[b]; r = (A > 0 ? B / A : 0)
-      printf "| %s | %.0f | %.0f | %.3f | %.1f %% |\n", ws[w], A, B, r, (1 - r) * 100
+      pm = paired(ws[w], "pgward-audit", "pgward")
+      printf "| %s | %.0f | %.0f | %.3f | %.1f %% | %.1f %% |\n", ws[w], A, B, r, (1 - r) * 100, (1 - pm) * 100
     }
   }' "$RES"
 
