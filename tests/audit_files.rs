@@ -511,7 +511,8 @@ fn verify_reports_progress_and_throughput_on_a_large_file() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size > 30_000_000, "{size}");
 
-    let (code, stdout, stderr) = verify(std::slice::from_ref(&path), &["--progress-every", "0.005"]);
+    let (code, stdout, stderr) =
+        verify(std::slice::from_ref(&path), &["--progress-every", "0.005"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.starts_with(&format!("OK: {n} events")), "{stdout}");
     let progress: Vec<(f64, f64)> = stderr

@@ -375,18 +375,22 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+fn push_decimal(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(decimal(v, &mut [0; 20]).as_bytes());
+}
+
+/// `v` in decimal, written into the end of `buf` (20 digits hold any u64).
+pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+        buf[i] = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 /// An event id: 13 hex digits of µs, 6 of the instance tag (as

@@ -100,8 +100,8 @@ struct Stmt {
     /// False: filtered out (its outcome is tracked, no event is written).
     audited: bool,
     protocol: &'static str,
-    kind: String,
-    class: String,
+    kind: &'static str,
+    class: &'static str,
     tables: Vec<String>,
     verdict: AuditVerdict,
     rule_id: Option<String>,
@@ -135,8 +135,8 @@ impl Stmt {
         self.head.get_or_init(|| {
             StatementHead {
                 protocol: self.protocol,
-                kind: &self.kind,
-                class: &self.class,
+                kind: self.kind,
+                class: self.class,
                 tables: &self.tables,
                 verdict: self.verdict,
                 rule_id: self.rule_id.as_deref(),
@@ -335,8 +335,8 @@ impl SessionAudit {
             Verdict::Rewrite { .. } => (AuditVerdict::Allowed, None, None),
         };
         let (kind, class) = match facts {
-            Some(f) => (f.kind.name().to_string(), f.class.as_str().to_string()),
-            None => ("function_call".to_string(), "FUNCTION".to_string()),
+            Some(f) => (f.kind.name(), f.class.as_str()),
+            None => ("function_call", "FUNCTION"),
         };
         let mut tables: Vec<String> = Vec::new();
         if let Some(f) = facts {
@@ -348,14 +348,14 @@ impl SessionAudit {
                 .chain(&f.truncated)
                 .chain(dropped)
             {
-                let name = t.to_string();
+                let name = t.dotted();
                 if !tables.contains(&name) {
                     tables.push(name);
                 }
             }
         }
         let audited = verdict != AuditVerdict::Allowed
-            || (self.session_wanted && self.filter.wants_statement(&class, &tables));
+            || (self.session_wanted && self.filter.wants_statement(class, &tables));
         if !audited {
             return Stmt {
                 audited,
@@ -499,8 +499,8 @@ impl SessionAudit {
         let stmt = Arc::new(Stmt {
             audited,
             protocol,
-            kind: "unknown".into(),
-            class: "UNKNOWN".into(),
+            kind: "unknown",
+            class: "UNKNOWN",
             tables: Vec::new(),
             verdict: AuditVerdict::Allowed,
             rule_id: None,
@@ -607,8 +607,8 @@ impl SessionAudit {
             None => Arc::new(Stmt {
                 audited: true,
                 protocol: "extended",
-                kind: "unknown".into(),
-                class: "MISC".into(),
+                kind: "unknown",
+                class: "MISC",
                 tables: Vec::new(),
                 verdict: AuditVerdict::Allowed,
                 rule_id: None,

@@ -66,10 +66,15 @@ pub fn write_rfc3339_micros(out: &mut String, micros: i64) {
         );
         return;
     }
-    let digits = |out: &mut String, v: i64, width: u32| {
-        for p in (0..width).rev() {
-            out.push(char::from(b'0' + (v / 10i64.pow(p) % 10) as u8));
+    // Right to left by constant division (a multiply), not by a power of
+    // ten computed per digit (a real division each).
+    let digits = |out: &mut String, mut v: i64, width: usize| {
+        let mut buf = [b'0'; 6];
+        for b in buf[..width].iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
         }
+        out.extend(buf[..width].iter().map(|&b| char::from(b)));
     };
     digits(out, y, 4);
     out.push('-');

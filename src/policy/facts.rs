@@ -23,6 +23,23 @@ impl QualifiedName {
     }
 }
 
+impl QualifiedName {
+    /// `schema.name`, or `name`: what `Display` writes, built directly (the
+    /// audit names the tables of every statement it records).
+    pub fn dotted(&self) -> String {
+        match &self.schema {
+            Some(s) => {
+                let mut out = String::with_capacity(s.len() + 1 + self.name.len());
+                out.push_str(s);
+                out.push('.');
+                out.push_str(&self.name);
+                out
+            }
+            None => self.name.clone(),
+        }
+    }
+}
+
 impl fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.schema {
