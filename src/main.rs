@@ -361,9 +361,10 @@ fn pgward_demo(config: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
     result
 }
 
-/// The runtime for accepting, the admin port, reloads and the audit
-/// pipeline (sessions run on `proxy::loops`). `PGWARD_WORKER_THREADS=1`
-/// makes it single-threaded too; otherwise one worker per core.
+/// The runtime for accepting, the admin port and reloads (sessions run on
+/// `proxy::loops`, the audit pipeline on its own thread).
+/// `PGWARD_WORKER_THREADS=1` makes it single-threaded too; otherwise one
+/// worker per core.
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     match std::env::var("PGWARD_WORKER_THREADS")
         .ok()

@@ -11,8 +11,8 @@
 //! New sessions go to the loop with the fewest live sessions.
 //!
 //! The loops are shared by every proxy in the process and live as long as
-//! it does. Everything else (accepting, the admin port, the audit
-//! pipeline, reloads) stays on the caller's runtime.
+//! it does. Accepting, the admin port and reloads stay on the caller's
+//! runtime; the audit pipeline has its own thread (`audit::pipeline`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
