@@ -14,7 +14,7 @@ check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2] got [$
 echo "version psql $($COMPAT_PG_BIN/psql --version | awk '{print $3}')"
 
 out=$($PSQL -c '\conninfo' -c 'select current_user' 2>&1)
-if echo "$out" | grep -q 'SSL connection' && echo "$out" | grep -qx "$PGUSER"; then
+if grep -q 'SSL connection' <<<"$out" && grep -qx "$PGUSER" <<<"$out"; then
   ok scram_tls
 else
   fail scram_tls "$out"
@@ -42,7 +42,7 @@ commit;
 select 'count=' || count(*) from items where id = 11;
 SQL
 )
-if echo "$out" | grep -q '22012' && echo "$out" | grep -q '25P02' && echo "$out" | grep -q 'count=0'; then
+if grep -q '22012' <<<"$out" && grep -q '25P02' <<<"$out" && grep -q 'count=0' <<<"$out"; then
   ok error_in_transaction
 else
   fail error_in_transaction "$out"
@@ -90,7 +90,7 @@ fi
 
 out=$($PSQL -c '\set VERBOSITY verbose' -c 'truncate items' 2>&1)
 n=$($PSQL -c 'select count(*) from items' 2>&1)
-if echo "$out" | grep -q 'ERROR:  42501: pgward' && [ "$n" -gt 0 ]; then
+if grep -q 'ERROR:  42501: pgward' <<<"$out" && [ "$n" -gt 0 ]; then
   ok blocked_truncate_42501
 else
   fail blocked_truncate_42501 "$out / rows: $n"
@@ -105,7 +105,7 @@ fi
 v=$($PSQL -c "select current_setting('app.current_user_id')" 2>&1)
 rows=$($PSQL -c 'select owner from notes' 2>&1)
 spoof=$($PSQL -c '\set VERBOSITY verbose' -c "set app.current_user_id = 'intruder'" 2>&1)
-if [ "$v" = "$PGUSER" ] && [ "$rows" = "$PGUSER" ] && echo "$spoof" | grep -q 'ERROR:  42501'; then
+if [ "$v" = "$PGUSER" ] && [ "$rows" = "$PGUSER" ] && grep -q 'ERROR:  42501' <<<"$spoof"; then
   ok rls_context
 else
   fail rls_context "setting [$v] rows [$rows] spoof [$spoof]"
