@@ -224,18 +224,9 @@ impl Event {
 fn audit_thread() -> Handle {
     static AUDIT: OnceLock<Option<Handle>> = OnceLock::new();
     let started = AUDIT.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| tracing::error!(error = %e, "cannot build the audit runtime"))
-            .ok()?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("pgward-audit".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        crate::proxy::loops::runtime_thread("pgward-audit".into())
             .map_err(|e| tracing::error!(error = %e, "cannot start the audit thread"))
-            .ok()?;
-        Some(handle)
+            .ok()
     });
     started.clone().unwrap_or_else(Handle::current)
 }

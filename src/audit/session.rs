@@ -878,6 +878,15 @@ mod tests {
         SessionAudit::new(audit, SessionInfo::default())
     }
 
+    /// An audited session writing under a fresh temp dir (kept alive by the
+    /// returned guard) and the default policy.
+    async fn audited_with_policy() -> (tempfile::TempDir, SessionAudit, crate::policy::Policy) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = audited_session(dir.path()).await;
+        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        (dir, a, policy)
+    }
+
     fn parse_eval(policy: &crate::policy::Policy, sql: &str) -> Evaluation {
         let scope = crate::policy::SessionScope::default();
         let registry = crate::policy::PreparedRegistry::new();
@@ -886,9 +895,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_parse_reuses_its_statement_unless_facts_verdict_or_lexing_differ() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = audited_session(dir.path()).await;
-        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let (_dir, mut a, policy) = audited_with_policy().await;
         let select = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
         let described = |a: &SessionAudit, name: &str| a.statements[name].clone();
 
@@ -930,9 +937,7 @@ mod tests {
 
     #[tokio::test]
     async fn queries_that_differ_only_in_literals_share_one_statement() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = audited_session(dir.path()).await;
-        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let (_dir, mut a, policy) = audited_with_policy().await;
         let query = |a: &mut SessionAudit, sql: &str| {
             a.on_query(parse_eval(&policy, sql), None);
             let op = &a.groups.back().unwrap().ops[0];
@@ -963,9 +968,7 @@ mod tests {
 
     #[tokio::test]
     async fn statement_events_are_serialized_when_taken_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = audited_session(dir.path()).await;
-        let policy = crate::policy::Policy::from_config(&Default::default()).unwrap();
+        let (_dir, mut a, policy) = audited_with_policy().await;
         let select = "SELECT a FROM t WHERE id = $1";
         for _ in 0..2 {
             a.on_parse("", &parse_eval(&policy, select), None);

@@ -88,17 +88,23 @@ impl SessionLoops {
 }
 
 fn start_loop(i: usize) -> std::io::Result<Loop> {
+    Ok(Loop {
+        handle: runtime_thread(format!("pgward-loop-{i}"))?,
+        sessions: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+/// A single-threaded runtime on a thread of its own, named `name`, running
+/// for the rest of the process (the session loops, the audit pipeline).
+pub fn runtime_thread(name: String) -> std::io::Result<Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
-        .name(format!("pgward-loop-{i}"))
+        .name(name)
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    Ok(Loop {
-        handle,
-        sessions: Arc::new(AtomicUsize::new(0)),
-    })
+    Ok(handle)
 }
 
 /// Counts a session on its loop until dropped (also when the session's
