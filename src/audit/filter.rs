@@ -56,6 +56,13 @@ impl StatementFilter {
             && !listed(&self.exclude_databases, database)
     }
 
+    /// [`Self::wants_statement`] for `class` when no table pattern is
+    /// configured (the tables then cannot matter); `None` otherwise.
+    pub fn wants_class(&self, class: &str) -> Option<bool> {
+        (self.tables.is_empty() && self.exclude_tables.is_empty())
+            .then(|| self.wants_statement(class, &[]))
+    }
+
     /// Is an allowed statement of `class` touching `tables` audited (the
     /// session already passed [`Self::wants_session`])?
     pub fn wants_statement(&self, class: &str, tables: &[String]) -> bool {

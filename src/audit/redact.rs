@@ -59,21 +59,45 @@ pub fn redact_tokens(
     literals: bool,
     max_bytes: usize,
 ) -> Option<Redacted> {
-    let text_of =
-        |t: &Token| sql.get(t.span.start.checked_sub(base)?..t.span.end.checked_sub(base)?);
-    let mut next_param = 0u32;
+    Some(Redacted {
+        sql: redacted_text(sql, tokens, base, literals, max_bytes)?,
+        fingerprint: fingerprint_tokens(sql, tokens, base)?,
+    })
+}
+
+/// The text of token `t` of `sql` (spans offset by `base`).
+fn text_of<'a>(sql: &'a str, t: &Token, base: usize) -> Option<&'a str> {
+    sql.get(t.span.start.checked_sub(base)?..t.span.end.checked_sub(base)?)
+}
+
+/// The highest `$n` the statement itself uses: literals are numbered after it.
+fn last_param(sql: &str, tokens: &[Token], base: usize) -> Option<u32> {
+    let mut last = 0u32;
     for t in tokens.iter().filter(|t| t.kind == TokenKind::Param) {
-        if let Some(n) = text_of(t)?.get(1..).and_then(|n| n.parse::<u32>().ok()) {
-            next_param = next_param.max(n);
+        if let Some(n) = text_of(sql, t, base)?
+            .get(1..)
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            last = last.max(n);
         }
     }
-    let mut norm_param = next_param;
+    Some(last)
+}
+
+/// The `sql` member of [`redact_tokens`]'s result.
+pub fn redacted_text(
+    sql: &str,
+    tokens: &[Token],
+    base: usize,
+    literals: bool,
+    max_bytes: usize,
+) -> Option<String> {
+    let mut next_param = last_param(sql, tokens, base)?;
     let mut out = String::with_capacity(sql.len());
-    let mut norm = String::with_capacity(sql.len());
     let mut copied = 0usize;
     let mut after_password = false;
     for t in tokens {
-        let text = text_of(t)?;
+        let text = text_of(sql, t, base)?;
         let start = t.span.start - base;
         // A sign glued to a number literal is part of the literal (`-1`).
         let mask = if literals && is_literal(t.kind) {
@@ -84,9 +108,6 @@ pub fn redact_tokens(
         } else {
             None
         };
-        if !norm.is_empty() {
-            norm.push(' ');
-        }
         if let Some(mask) = mask {
             out.push_str(&sql[copied..start]);
             match mask {
@@ -95,8 +116,22 @@ pub fn redact_tokens(
             }
             copied = start + text.len();
         }
-        // The fingerprint numbers literals the same way whether or not the
-        // text keeps them.
+        after_password = t.kind == TokenKind::Word && text.eq_ignore_ascii_case("password");
+    }
+    out.push_str(&sql[copied..]);
+    Some(truncate(out, max_bytes))
+}
+
+/// The `fingerprint` member of [`redact_tokens`]'s result. It numbers
+/// literals the same way whether or not the text keeps them.
+pub fn fingerprint_tokens(sql: &str, tokens: &[Token], base: usize) -> Option<String> {
+    let mut norm_param = last_param(sql, tokens, base)?;
+    let mut norm = String::with_capacity(sql.len());
+    for t in tokens {
+        let text = text_of(sql, t, base)?;
+        if !norm.is_empty() {
+            norm.push(' ');
+        }
         if is_literal(t.kind) {
             norm_param += 1;
             push_param(&mut norm, norm_param);
@@ -105,13 +140,8 @@ pub fn redact_tokens(
         } else {
             norm.push_str(text);
         }
-        after_password = t.kind == TokenKind::Word && text.eq_ignore_ascii_case("password");
     }
-    out.push_str(&sql[copied..]);
-    Some(Redacted {
-        sql: truncate(out, max_bytes),
-        fingerprint: fingerprint_of(norm.as_bytes()),
-    })
+    Some(fingerprint_of(norm.as_bytes()))
 }
 
 /// The policy's lex of a text it evaluated ([`crate::policy::Policy::evaluate_lexed`]).
@@ -132,12 +162,40 @@ impl PolicyTokens<'_> {
         literals: bool,
         max_bytes: usize,
     ) -> Option<Redacted> {
+        let (tokens, base) = self.statement(index, text)?;
+        redact_tokens(text, tokens, base, literals, max_bytes)
+    }
+
+    /// Only the redacted text of [`Self::redact`] (the fingerprint costs a
+    /// second pass and a hash; a statement described before already has it).
+    pub fn redacted_text(
+        &self,
+        index: usize,
+        text: &str,
+        literals: bool,
+        max_bytes: usize,
+    ) -> Option<String> {
+        let (tokens, base) = self.statement(index, text)?;
+        redacted_text(text, tokens, base, literals, max_bytes)
+    }
+
+    /// Only the fingerprint of [`Self::redact`].
+    pub fn fingerprint(&self, index: usize, text: &str) -> Option<String> {
+        let (tokens, base) = self.statement(index, text)?;
+        fingerprint_tokens(text, tokens, base)
+    }
+
+    /// The tokens of statement `index` and where its text starts, if that
+    /// text is `text`.
+    fn statement(&self, index: usize, text: &str) -> Option<(&[Token], usize)> {
         let span = self.lexed.statements.get(index)?;
         if self.sql.get(span.bytes.clone())? != text {
             return None;
         }
-        let tokens = self.lexed.tokens.get(span.tokens.clone())?;
-        redact_tokens(text, tokens, span.bytes.start, literals, max_bytes)
+        Some((
+            self.lexed.tokens.get(span.tokens.clone())?,
+            span.bytes.start,
+        ))
     }
 }
 
@@ -224,6 +282,38 @@ mod tests {
             r("select * from t where id = 7", false).fingerprint,
             a.fingerprint
         );
+    }
+
+    #[test]
+    fn policy_tokens_give_each_statement_its_redaction_in_parts() {
+        let sql = "SELECT 1, 'a'; ALTER ROLE r PASSWORD 'pw'; select $3 + 2";
+        let lexed = lexer::lex(sql, LexOptions::default()).unwrap();
+        let tokens = PolicyTokens {
+            sql,
+            lexed: &lexed,
+            options: LexOptions::default(),
+        };
+        for (i, text) in [
+            "SELECT 1, 'a'",
+            "ALTER ROLE r PASSWORD 'pw'",
+            "select $3 + 2",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for literals in [true, false] {
+                let whole = r(text, literals);
+                assert_eq!(
+                    tokens.redact(i, text, literals, 1 << 20),
+                    Some(whole.clone())
+                );
+                let sql = tokens.redacted_text(i, text, literals, 1 << 20);
+                assert_eq!(sql, Some(whole.sql));
+                assert_eq!(tokens.fingerprint(i, text), Some(whole.fingerprint));
+            }
+            // Not the text of that statement: nothing from these tokens.
+            assert_eq!(tokens.redacted_text(i, "SELECT 2", true, 1 << 20), None);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::event::{self, AuditVerdict, Event, EventType, Outcome, StatementHead,
 use super::filter::StatementFilter;
 use super::pipeline::{Audit, Reservation};
 use super::redact::{redact, PolicyTokens, Redacted};
-use crate::policy::{Block, Evaluation, LexOptions, StatementFacts, Verdict};
+use crate::policy::{Block, Evaluation, LexOptions, QualifiedName, StatementFacts, Verdict};
 use crate::wire::frame;
 
 /// The rule id of statements refused because they could not be audited.
@@ -283,17 +283,25 @@ impl SessionAudit {
     /// Redacted text and fingerprint of statement `index`: from the
     /// policy's tokens when it lexed this text, else from the cache of
     /// texts seen before, else by lexing it here (and caching the result).
+    /// `redacted`: the redacted text, when the caller already made it from
+    /// `tokens` (only the fingerprint is then left to make).
     fn redact_statement(
         &self,
         text: &str,
         index: usize,
         tokens: Option<&PolicyTokens>,
+        redacted: Option<String>,
     ) -> Redacted {
         let cfg = self.audit.config();
         let (literals, max) = (cfg.redact_literals, cfg.max_sql_bytes);
         let from_policy = tokens
             .filter(|t| t.options == self.lex)
-            .and_then(|t| t.redact(index, text, literals, max));
+            .and_then(|t| match redacted {
+                Some(sql) => t
+                    .fingerprint(index, text)
+                    .map(|fingerprint| Redacted { sql, fingerprint }),
+                None => t.redact(index, text, literals, max),
+            });
         if let Some(r) = from_policy {
             return r;
         }
@@ -307,13 +315,13 @@ impl SessionAudit {
         r
     }
 
+    /// `redacted` as for [`Self::redact_statement`].
     fn describe(
         &self,
         facts: Option<&StatementFacts>,
         eval: &Evaluation,
         protocol: &'static str,
-        index: usize,
-        tokens: Option<&PolicyTokens>,
+        (index, tokens, redacted): (usize, Option<&PolicyTokens>, Option<String>),
     ) -> Stmt {
         let (verdict, rule_id, reason) = match &eval.verdict {
             Verdict::Allow => (AuditVerdict::Allowed, None, None),
@@ -339,19 +347,10 @@ impl SessionAudit {
             None => ("function_call", "FUNCTION"),
         };
         let mut tables: Vec<String> = Vec::new();
-        if let Some(f) = facts {
-            let dropped = f.dropped.iter().map(|(_, n)| n);
-            for t in f
-                .tables_written
-                .iter()
-                .chain(&f.tables_read)
-                .chain(&f.truncated)
-                .chain(dropped)
-            {
-                let name = t.dotted();
-                if !tables.contains(&name) {
-                    tables.push(name);
-                }
+        for t in facts.into_iter().flat_map(table_names) {
+            let name = t.dotted();
+            if !tables.contains(&name) {
+                tables.push(name);
             }
         }
         let audited = verdict != AuditVerdict::Allowed
@@ -374,7 +373,7 @@ impl SessionAudit {
         }
         let cfg = self.audit.config();
         let text = facts.map_or("", |f| f.text.as_str());
-        let r = self.redact_statement(text, index, tokens);
+        let r = self.redact_statement(text, index, tokens, redacted);
         let sql_sent = match &eval.verdict {
             Verdict::Rewrite { sql, .. } if verdict == AuditVerdict::Rewritten => {
                 Some(redact(sql, cfg.redact_literals, cfg.max_sql_bytes, self.lex).sql)
@@ -453,8 +452,7 @@ impl SessionAudit {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let described = self.describe(Some(f), &eval, "simple", i, tokens);
-                let stmt = self.share(described);
+                let stmt = self.query_statement(f, &eval, i, tokens);
                 self.new_op(OpKind::Run, stmt, None)
             })
             .collect();
@@ -471,7 +469,7 @@ impl SessionAudit {
 
     /// A FunctionCall (its own sync group).
     pub fn on_function_call(&mut self, eval: Evaluation) -> Evaluation {
-        let stmt = Arc::new(self.describe(None, &eval, "function_call", 0, None));
+        let stmt = Arc::new(self.describe(None, &eval, "function_call", (0, None, None)));
         let mut ops = vec![self.new_op(OpKind::Run, stmt, None)];
         let eval = match self.reserve(&mut ops) {
             Some(block) => Evaluation {
@@ -495,7 +493,7 @@ impl SessionAudit {
             _ => ("", "function_call"),
         };
         let audited = self.session_wanted && self.filter.wants_statement("UNKNOWN", &[]);
-        let r = self.redact_statement(text, 0, None);
+        let r = self.redact_statement(text, 0, None, None);
         let stmt = Arc::new(Stmt {
             audited,
             protocol,
@@ -527,7 +525,7 @@ impl SessionAudit {
     /// A Parse of statement `name` (`tokens` as for [`Self::on_query`]).
     pub fn on_parse(&mut self, name: &str, eval: &Evaluation, tokens: Option<&PolicyTokens>) {
         let stmt = match eval.statements.as_slice() {
-            [] => Arc::new(self.describe(None, eval, "extended", 0, None)),
+            [] => Arc::new(self.describe(None, eval, "extended", (0, None, None))),
             [f, ..] => self.describe_parse(f, eval, tokens),
         };
         match self.statements.get_mut(name) {
@@ -538,6 +536,77 @@ impl SessionAudit {
         }
         let op = self.new_op(OpKind::Parse, stmt, None);
         self.open_group().ops.push(op);
+    }
+
+    /// Statement `index` of a Query: recalled when this session described
+    /// it before (see [`Self::recall_query`]), else described and shared.
+    fn query_statement(
+        &mut self,
+        facts: &StatementFacts,
+        eval: &Evaluation,
+        index: usize,
+        tokens: Option<&PolicyTokens>,
+    ) -> Arc<Stmt> {
+        let redacted = match self.recall_query(facts, eval, index, tokens) {
+            Ok(known) => return known,
+            Err(redacted) => redacted,
+        };
+        let described = self.describe(Some(facts), eval, "simple", (index, tokens, redacted));
+        self.share(described)
+    }
+
+    /// Simple-protocol texts that differ only in their literals redact to
+    /// the same text. An allowed statement whose redacted text and
+    /// classification match a statement described before is that statement:
+    /// its fingerprint, table names and event head are not made again. Only
+    /// when the filter decides by class (table patterns would need the
+    /// names). `Err` carries the redacted text if it was made.
+    fn recall_query(
+        &self,
+        facts: &StatementFacts,
+        eval: &Evaluation,
+        index: usize,
+        tokens: Option<&PolicyTokens>,
+    ) -> Result<Arc<Stmt>, Option<String>> {
+        let class = facts.class.as_str();
+        let recallable = matches!(eval.verdict, Verdict::Allow)
+            && self.session_wanted
+            && !self.recent_queries.is_empty()
+            && self.filter.wants_class(class) == Some(true);
+        if !recallable {
+            return Err(None);
+        }
+        // From the policy's tokens when it lexed this text, else (a text
+        // it had classified before) from the texts redacted before.
+        let cfg = self.audit.config();
+        let (mut made, cached);
+        let sql = match tokens.filter(|t| t.options == self.lex) {
+            Some(t) => {
+                let text =
+                    t.redacted_text(index, &facts.text, cfg.redact_literals, cfg.max_sql_bytes);
+                made = Some(text.ok_or(None)?);
+                made.as_deref().unwrap_or_default()
+            }
+            None => {
+                let scs = self.lex.standard_conforming_strings;
+                cached = self.audit.redactions().get(&facts.text, scs).ok_or(None)?;
+                made = None;
+                cached.sql.as_str()
+            }
+        };
+        match self.recent_queries.get(sql) {
+            Some(known)
+                if known.protocol == "simple"
+                    && known.verdict == AuditVerdict::Allowed
+                    && known.kind == facts.kind.name()
+                    && known.class == class
+                    && known.sql_sent.is_none()
+                    && same_tables(&known.tables, facts) =>
+            {
+                Ok(known.clone())
+            }
+            _ => Err(made.take()),
+        }
     }
 
     /// One `Arc` per distinct description of a Query statement, so its
@@ -579,7 +648,7 @@ impl SessionAudit {
                 }
             }
         }
-        let stmt = Arc::new(self.describe(Some(facts), eval, "extended", 0, tokens));
+        let stmt = Arc::new(self.describe(Some(facts), eval, "extended", (0, tokens, None)));
         if reusable && facts.text.len() <= super::redact_cache::MAX_TEXT_BYTES {
             if self.recent_parses.len() >= RECENT_PARSES {
                 self.recent_parses.clear();
@@ -754,6 +823,32 @@ impl SessionAudit {
             slot: op.slot,
         });
     }
+}
+
+/// The tables a statement names, in the order its event lists them
+/// (repeats included).
+fn table_names(f: &StatementFacts) -> impl Iterator<Item = &QualifiedName> {
+    f.tables_written
+        .iter()
+        .chain(&f.tables_read)
+        .chain(&f.truncated)
+        .chain(f.dropped.iter().map(|(_, n)| n))
+}
+
+/// Whether `listed` is the table list [`SessionAudit::describe`] makes of
+/// `f` (first mentions, in order), without making it.
+fn same_tables(listed: &[String], f: &StatementFacts) -> bool {
+    let mut matched = 0;
+    for t in table_names(f) {
+        if listed[..matched].iter().any(|l| t.is_dotted(l)) {
+            continue;
+        }
+        match listed.get(matched) {
+            Some(l) if t.is_dotted(l) => matched += 1,
+            _ => return false,
+        }
+    }
+    matched == listed.len()
 }
 
 /// Feed one backend frame (as the client receives it) to the session's audit.
@@ -964,6 +1059,82 @@ mod tests {
             &blocked,
             &query(&mut a, "DELETE FROM pgbench_accounts")
         ));
+    }
+
+    #[tokio::test]
+    async fn a_query_recalled_by_its_redacted_text_is_described_as_it_would_be_anew() {
+        let (_dir, mut a, policy) = audited_with_policy().await;
+        let scope = crate::policy::SessionScope::default();
+        let registry = crate::policy::PreparedRegistry::new();
+        let opts = LexOptions::default();
+        // The statements of `sql` as audited, and as described from scratch.
+        let query = |a: &mut SessionAudit, sql: &str| {
+            let (eval, lexed) = policy.evaluate_lexed(sql, &scope, opts, &registry);
+            let lexed = lexed.unwrap_or_else(|| crate::policy::lexer::lex(sql, opts).unwrap());
+            let tokens = PolicyTokens {
+                sql,
+                lexed: &lexed,
+                options: opts,
+            };
+            let fresh: Vec<Stmt> = (0..eval.statements.len())
+                .map(|i| {
+                    let f = &eval.statements[i];
+                    a.describe(Some(f), &eval, "simple", (i, Some(&tokens), None))
+                })
+                .collect();
+            a.on_query(eval, Some(&tokens));
+            let ops = &a.groups.back().unwrap().ops;
+            for (op, fresh) in ops.iter().zip(&fresh) {
+                assert!(op.stmt.same_description(fresh), "{sql}: {}", op.stmt.sql);
+            }
+            ops.iter().map(|o| o.stmt.clone()).collect::<Vec<_>>()
+        };
+        let one = query(
+            &mut a,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 17",
+        );
+        let two = query(
+            &mut a,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4242",
+        );
+        assert!(Arc::ptr_eq(&one[0], &two[0]));
+        // Both statements of one Query, and a repeat of a whole text.
+        let both = query(&mut a, "select 1 from t, u, t; select 2 from t, u, t");
+        assert!(Arc::ptr_eq(&both[0], &both[1]));
+        assert_eq!(both[0].tables, ["t", "u"]);
+        let again = query(&mut a, "select 1 from t, u, t; select 2 from t, u, t");
+        assert!(Arc::ptr_eq(&both[0], &again[0]));
+        // Spacing is kept in the text, so it is another statement.
+        let spaced = query(
+            &mut a,
+            "SELECT  abalance FROM pgbench_accounts WHERE aid = 5",
+        );
+        assert!(!Arc::ptr_eq(&one[0], &spaced[0]));
+        // A block is never recalled as the allowed statement.
+        let blocked = query(&mut a, "DELETE FROM pgbench_accounts");
+        assert_eq!(blocked[0].verdict, AuditVerdict::Blocked);
+    }
+
+    #[test]
+    fn same_tables_follows_first_mentions_in_order() {
+        let f = crate::policy::classify::classify_with(
+            "INSERT INTO s.a SELECT * FROM b JOIN s.a ON true JOIN c ON true",
+            LexOptions::default(),
+        )
+        .remove(0);
+        let names: Vec<String> = table_names(&f).map(QualifiedName::dotted).collect();
+        assert_eq!(names, ["s.a", "b", "s.a", "c"]);
+        let listed = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(same_tables(&listed(&["s.a", "b", "c"]), &f));
+        for wrong in [
+            &["s.a", "b"][..],
+            &["b", "s.a", "c"],
+            &["s.a", "b", "c", "d"],
+            &["a", "b", "c"],
+            &[],
+        ] {
+            assert!(!same_tables(&listed(wrong), &f), "{wrong:?}");
+        }
     }
 
     #[tokio::test]

@@ -38,6 +38,17 @@ impl QualifiedName {
             None => self.name.clone(),
         }
     }
+
+    /// `self.dotted() == text`, without building the dotted name.
+    pub fn is_dotted(&self, text: &str) -> bool {
+        match &self.schema {
+            Some(s) => text
+                .strip_prefix(s.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|name| name == self.name),
+            None => text == self.name,
+        }
+    }
 }
 
 impl fmt::Display for QualifiedName {
@@ -437,5 +448,25 @@ impl StatementFacts {
         );
         f.unparsed = Some(reason);
         f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_dotted_agrees_with_dotted() {
+        let names = [
+            QualifiedName::new(Some("s"), "t"),
+            QualifiedName::new(None, "t"),
+            QualifiedName::new(None, "s.t"),
+            QualifiedName::new(Some("s.t"), "u"),
+        ];
+        for n in &names {
+            for text in ["s.t", "t", "s.t.u", "s", "s.", ".t", "", "st"] {
+                assert_eq!(n.is_dotted(text), n.dotted() == text, "{n:?} {text}");
+            }
+        }
     }
 }
