@@ -6,18 +6,18 @@
 mod common;
 mod receivers;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cluster, fresh_database, proxy_config, start_proxy, SCRAM_PW, SCRAM_USER};
 use pgward::audit::http_sink::{HttpSink, HttpSinkConfig};
 use pgward::audit::postgres_sink::{protect_table, PostgresSink, PostgresSinkConfig};
+use pgward::audit::sink::Lines;
 use pgward::audit::syslog_sink::{SyslogSink, SyslogSinkConfig, Transport};
 use receivers::{HttpReceiver, SyslogListener};
 
 /// `n` events numbered from `from`; the SQL field carries characters every
 /// encoding must survive (quotes, backslash, tab, newline, non-ASCII).
-fn events(from: usize, n: usize) -> Vec<Arc<str>> {
+fn events(from: usize, n: usize) -> Vec<String> {
     (from..from + n)
         .map(|i| {
             let v = serde_json::json!({
@@ -32,9 +32,14 @@ fn events(from: usize, n: usize) -> Vec<Arc<str>> {
                     "sql": format!("SELECT 'it''s\\ \t{i}\n' AS \"ünï\""),
                 },
             });
-            Arc::from(v.to_string())
+            v.to_string()
         })
         .collect()
+}
+
+/// Events as the pipeline hands them to a sink.
+fn lines(events: &[String]) -> Lines {
+    events.iter().collect()
 }
 
 fn seqs(lines: &[String]) -> Vec<u64> {
@@ -69,8 +74,8 @@ async fn http_sink_posts_gzipped_ndjson_with_configured_headers_and_token() {
         .insert("x-scope-orgid".into(), "tenant-7".into());
     let mut sink = HttpSink::start(&cfg).unwrap();
     let batch = events(0, 20);
-    sink.deliver(&batch).await.unwrap();
-    sink.deliver(&events(20, 5)).await.unwrap();
+    sink.deliver(&lines(&batch)).await.unwrap();
+    sink.deliver(&lines(&events(20, 5))).await.unwrap();
 
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 2, "one POST per batch");
@@ -103,7 +108,7 @@ async fn http_sink_speaks_https_and_verifies_the_receiver() {
     let mut cfg = http_config(&url, &dir.path().join("ok"));
     cfg.tls_ca_file = Some(h.ca_cert.clone());
     let mut sink = HttpSink::start(&cfg).unwrap();
-    sink.deliver(&events(0, 3)).await.unwrap();
+    sink.deliver(&lines(&events(0, 3))).await.unwrap();
     assert_eq!(seqs(&rx.lines()), [0, 1, 2]);
     assert_eq!(sink.spooled(), 0);
 
@@ -112,7 +117,7 @@ async fn http_sink_speaks_https_and_verifies_the_receiver() {
     let mut cfg = http_config(&url, &dir.path().join("untrusted"));
     cfg.retries = 0;
     let mut sink = HttpSink::start(&cfg).unwrap();
-    sink.deliver(&events(3, 1)).await.unwrap();
+    sink.deliver(&lines(&events(3, 1))).await.unwrap();
     assert_eq!(sink.spooled(), 1);
     assert_eq!(rx.lines().len(), 3);
 }
@@ -129,9 +134,7 @@ async fn mass_delete_webhook_posts_the_alert_and_retries() {
     .unwrap();
     let hook = Webhook::new(&cfg).unwrap();
     rx.fail_next(1, 502);
-    hook.notify(Arc::from(
-        r#"{"type":"alert","alert":{"kind":"mass_deletion"}}"#,
-    ));
+    hook.notify(r#"{"type":"alert","alert":{"kind":"mass_deletion"}}"#.to_string());
     let lines = rx.wait_lines(1, Duration::from_secs(10)).await;
     assert_eq!(
         lines,
@@ -150,14 +153,16 @@ async fn http_sink_spools_while_the_receiver_is_down_and_replays_in_order() {
     let mut rx = HttpReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut sink = HttpSink::start(&http_config(&rx.url("/in"), dir.path())).unwrap();
-    sink.deliver(&events(0, 10)).await.unwrap();
+    sink.deliver(&lines(&events(0, 10))).await.unwrap();
     rx.down().await;
 
     // While the receiver is down, deliver keeps answering Ok (spooled and
     // fsynced) and does not wait for the receiver.
     let t = Instant::now();
     for b in 0..30 {
-        sink.deliver(&events(10 + b * 10, 10)).await.unwrap();
+        sink.deliver(&lines(&events(10 + b * 10, 10)))
+            .await
+            .unwrap();
     }
     assert!(
         t.elapsed() < Duration::from_secs(10),
@@ -180,7 +185,7 @@ async fn http_sink_spools_while_the_receiver_is_down_and_replays_in_order() {
 
     rx.up().await;
     // New batches queue behind the spooled ones.
-    sink.deliver(&events(310, 10)).await.unwrap();
+    sink.deliver(&lines(&events(310, 10))).await.unwrap();
     let lines = rx.wait_lines(320, Duration::from_secs(30)).await;
     assert_eq!(
         seqs(&lines),
@@ -203,7 +208,7 @@ async fn http_sink_spool_survives_a_crash_and_is_replayed_by_the_next_start() {
     {
         let mut sink = HttpSink::start(&cfg).unwrap();
         for b in 0..5 {
-            sink.deliver(&events(b * 4, 4)).await.unwrap();
+            sink.deliver(&lines(&events(b * 4, 4))).await.unwrap();
         }
         assert_eq!(sink.spooled(), 5);
         // Dropped without any shutdown: only the disk remains.
@@ -214,7 +219,7 @@ async fn http_sink_spool_survives_a_crash_and_is_replayed_by_the_next_start() {
     drop(sink);
     rx.up().await;
     let mut sink = HttpSink::start(&cfg).unwrap();
-    sink.deliver(&events(20, 4)).await.unwrap();
+    sink.deliver(&lines(&events(20, 4))).await.unwrap();
     let lines = rx.wait_lines(24, Duration::from_secs(20)).await;
     assert_eq!(seqs(&lines), (0..24).collect::<Vec<u64>>());
     // With the spool drained, the last accepted event is remembered.
@@ -240,15 +245,15 @@ async fn http_sink_retries_server_errors_and_sets_refused_batches_aside() {
 
     // Two 503s, then the retry goes through: no spooling needed.
     rx.fail_next(2, 503);
-    sink.deliver(&events(0, 3)).await.unwrap();
+    sink.deliver(&lines(&events(0, 3))).await.unwrap();
     assert_eq!(seqs(&rx.lines()), [0, 1, 2]);
     assert_eq!(sink.spooled(), 0);
     assert!(!rx.requests()[0].gzipped);
 
     // A 400 is final: the batch is kept in rejected/, later ones flow.
     rx.fail_next(1, 400);
-    sink.deliver(&events(3, 2)).await.unwrap();
-    sink.deliver(&events(5, 2)).await.unwrap();
+    sink.deliver(&lines(&events(3, 2))).await.unwrap();
+    sink.deliver(&lines(&events(5, 2))).await.unwrap();
     let lines = rx.wait_lines(5, Duration::from_secs(10)).await;
     assert_eq!(seqs(&lines), [0, 1, 2, 5, 6]);
     let rejected: Vec<_> = std::fs::read_dir(dir.path().join("rejected"))
@@ -287,11 +292,11 @@ async fn postgres_sink_copies_batches_into_a_created_table_and_dedupes_redeliver
     let db = fresh_database("audit_pg_sink");
     let mut sink = PostgresSink::new(&pg_sink_config(&db), &upstream()).unwrap();
     let first = events(0, 50);
-    sink.deliver(&first).await.unwrap();
+    sink.deliver(&lines(&first)).await.unwrap();
     // The pipeline offers a batch again when a reply was lost: stored once.
     let mut again = first[40..].to_vec();
     again.extend(events(50, 10));
-    sink.deliver(&again).await.unwrap();
+    sink.deliver(&lines(&again)).await.unwrap();
 
     let out = h
         .pg
@@ -318,8 +323,8 @@ async fn postgres_sink_copies_batches_into_a_created_table_and_dedupes_redeliver
     )
     .unwrap();
     let next = events(60, 5);
-    if sink.deliver(&next).await.is_err() {
-        sink.deliver(&next).await.unwrap();
+    if sink.deliver(&lines(&next)).await.is_err() {
+        sink.deliver(&lines(&next)).await.unwrap();
     }
     let out =
         h.pg.psql(&db, "SELECT count(*) FROM pgward_audit.audit_events")
@@ -337,7 +342,7 @@ async fn the_audit_table_cannot_be_changed_through_pgward() {
     let db = fresh_database("audit_pg_protect");
     let sink_cfg = pg_sink_config(&db);
     let mut sink = PostgresSink::new(&sink_cfg, &upstream()).unwrap();
-    sink.deliver(&events(0, 3)).await.unwrap();
+    sink.deliver(&lines(&events(0, 3))).await.unwrap();
     h.pg.psql(
         &db,
         "GRANT USAGE ON SCHEMA pgward_audit TO PUBLIC; GRANT ALL ON pgward_audit.audit_events TO PUBLIC;",
@@ -401,7 +406,7 @@ fn syslog_config(transport: Transport, addr: std::net::SocketAddr) -> SyslogSink
 }
 
 /// Each message is an RFC 5424 header and the event's JSON, unchanged.
-fn check_syslog(messages: &[String], sent: &[Arc<str>]) {
+fn check_syslog(messages: &[String], sent: &[String]) {
     assert_eq!(messages.len(), sent.len());
     let pid = std::process::id();
     for (m, e) in messages.iter().zip(sent) {
@@ -411,7 +416,7 @@ fn check_syslog(messages: &[String], sent: &[Arc<str>]) {
         let header =
             format!("<{pri}>1 2026-11-23T13:00:00.000001Z pgward-test pgward {pid} statement - ");
         assert!(m.starts_with(&header), "{m}");
-        assert_eq!(&m[header.len()..], &**e);
+        assert_eq!(&m[header.len()..], e.as_str());
     }
 }
 
@@ -420,7 +425,7 @@ async fn syslog_sink_over_udp() {
     let l = SyslogListener::udp().await;
     let mut sink = SyslogSink::new(&syslog_config(Transport::Udp, l.addr)).unwrap();
     let sent = events(0, 20);
-    sink.deliver(&sent).await.unwrap();
+    sink.deliver(&lines(&sent)).await.unwrap();
     check_syslog(&l.wait(20, Duration::from_secs(5)).await, &sent);
 }
 
@@ -429,8 +434,8 @@ async fn syslog_sink_over_tcp_with_octet_counting() {
     let l = SyslogListener::stream(None).await;
     let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, l.addr)).unwrap();
     let sent = events(0, 200);
-    sink.deliver(&sent[..150]).await.unwrap();
-    sink.deliver(&sent[150..]).await.unwrap();
+    sink.deliver(&lines(&sent[..150])).await.unwrap();
+    sink.deliver(&lines(&sent[150..])).await.unwrap();
     check_syslog(&l.wait(200, Duration::from_secs(5)).await, &sent);
 }
 
@@ -443,14 +448,14 @@ async fn syslog_sink_over_tls_checks_the_receiver_certificate() {
     cfg.tls_server_name = Some("localhost".into());
     let mut sink = SyslogSink::new(&cfg).unwrap();
     let sent = events(0, 30);
-    sink.deliver(&sent).await.unwrap();
+    sink.deliver(&lines(&sent)).await.unwrap();
     check_syslog(&l.wait(30, Duration::from_secs(5)).await, &sent);
 
     // Without our CA (public roots only) the handshake fails: an error,
     // not a plaintext fallback.
     cfg.tls_ca_file = None;
     let mut sink = SyslogSink::new(&cfg).unwrap();
-    let e = sink.deliver(&events(30, 1)).await.unwrap_err();
+    let e = sink.deliver(&lines(&events(30, 1))).await.unwrap_err();
     assert!(format!("{e:#}").contains("certificate"), "{e:#}");
     assert_eq!(l.messages().len(), 30);
 }
@@ -462,16 +467,16 @@ async fn syslog_sink_reports_a_dead_receiver_and_reconnects() {
         .local_addr()
         .unwrap();
     let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, port)).unwrap();
-    let e = sink.deliver(&events(0, 1)).await.unwrap_err();
+    let e = sink.deliver(&lines(&events(0, 1))).await.unwrap_err();
     assert!(format!("{e:#}").contains(&port.to_string()), "{e:#}");
     let l = SyslogListener::stream(None).await;
     let mut sink = SyslogSink::new(&syslog_config(Transport::Tcp, l.addr)).unwrap();
-    sink.deliver(&events(0, 2)).await.unwrap();
+    sink.deliver(&lines(&events(0, 2))).await.unwrap();
     drop(l);
     // The receiver is gone: the sink notices (on this write or the next).
     let mut failed = false;
     for _ in 0..20 {
-        if sink.deliver(&events(2, 1)).await.is_err() {
+        if sink.deliver(&lines(&events(2, 1))).await.is_err() {
             failed = true;
             break;
         }

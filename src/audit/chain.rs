@@ -11,6 +11,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 const HASH_SUFFIX_LEN: usize = r#","hash":""}"#.len() + 64;
 const PREV_FIELD_LEN: usize = r#","prev":"""#.len() + 64;
+/// What linking adds to an event.
+pub const LINK_BYTES: usize = PREV_FIELD_LEN + HASH_SUFFIX_LEN;
 
 /// One sink's chain state.
 #[derive(Debug, Clone)]
@@ -34,21 +36,29 @@ impl Chain {
 
     /// Link `body` (a JSON object without chain fields) into the chain.
     pub fn link(&mut self, body: &str) -> String {
-        let open = body.strip_suffix('}').unwrap_or(body);
-        let mut line = String::with_capacity(body.len() + PREV_FIELD_LEN + HASH_SUFFIX_LEN);
-        line.push_str(open);
-        if open.len() > 1 {
-            line.push(',');
-        }
-        line.push_str("\"prev\":\"");
-        line.push_str(&self.last);
-        line.push('"');
-        let hash = hex(&Sha256::digest(line.as_bytes()));
-        line.push_str(",\"hash\":\"");
-        line.push_str(&hash);
-        line.push_str("\"}");
-        self.last = hash;
+        let mut line = String::with_capacity(body.len() + LINK_BYTES);
+        self.link_into(&mut line, body);
         line
+    }
+
+    /// [`Self::link`], appending the line to `out`.
+    pub fn link_into(&mut self, out: &mut String, body: &str) {
+        let open = body.strip_suffix('}').unwrap_or(body);
+        let start = out.len();
+        out.reserve(body.len() + LINK_BYTES);
+        out.push_str(open);
+        if open.len() > 1 {
+            out.push(',');
+        }
+        out.push_str("\"prev\":\"");
+        out.push_str(&self.last);
+        out.push('"');
+        let digest = Sha256::digest(&out.as_bytes()[start..]);
+        self.last.clear();
+        push_hex(&mut self.last, &digest);
+        out.push_str(",\"hash\":\"");
+        out.push_str(&self.last);
+        out.push_str("\"}");
     }
 }
 
@@ -115,7 +125,6 @@ fn is_hex64(b: &[u8]) -> bool {
 }
 
 fn hex_eq(digest: &[u8], hex_text: &[u8]) -> bool {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     digest.len() * 2 == hex_text.len()
         && digest.iter().enumerate().all(|(i, b)| {
             hex_text[2 * i] == HEX[(b >> 4) as usize]
@@ -124,13 +133,25 @@ fn hex_eq(digest: &[u8], hex_text: &[u8]) -> bool {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Append `bytes` in lower-case hex (once per event, for its chain hash).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for chunk in bytes.chunks(32) {
+        let mut digits = [0u8; 64];
+        for (pair, b) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[(b >> 4) as usize];
+            pair[1] = HEX[(b & 15) as usize];
+        }
+        out.push_str(
+            std::str::from_utf8(&digits[..2 * chunk.len()]).expect("hex digits are ASCII"),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +171,15 @@ mod tests {
         assert_eq!(c.last(), lb.hash);
         let parsed: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(parsed["prev"], la.hash);
+    }
+
+    #[test]
+    fn hex_is_what_the_formatter_writes() {
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        for n in [0, 1, 8, 31, 32, 33, 64, 256] {
+            let expected: String = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex(&bytes[..n]), expected);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::http_client::{ClientSettings, HttpClient, PostError};
+use super::sink::Lines;
 use super::sink_metrics::sink_metrics;
 use super::spool::Spool;
 
@@ -274,11 +275,11 @@ impl HttpSink {
     /// Ok once the receiver answered 2xx or the batch is fsynced in the
     /// spool. Err only when the spool cannot take it (full, disk error): the
     /// pipeline then offers the same batch again.
-    pub async fn deliver(&mut self, batch: &[Arc<str>]) -> anyhow::Result<()> {
+    pub async fn deliver(&mut self, batch: &Lines) -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let body = crate::audit::sink::json_lines(batch);
+        let body = batch.ndjson().to_vec();
         let m = sink_metrics();
         let mut refused = false;
         if self.shared.spool_is_empty() {
@@ -352,7 +353,7 @@ impl HttpSink {
         v.get("hash")?.as_str().map(str::to_string)
     }
 
-    fn remember_last(&self, batch: &[Arc<str>]) {
+    fn remember_last(&self, batch: &Lines) {
         let Some(last) = batch.last() else { return };
         let path = self.shared.last_event_path();
         let tmp = path.with_extension("tmp");
@@ -447,11 +448,5 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("backoff"));
         let c = HttpSinkConfig::new("gopher://x", dir.path());
         assert!(c.validate().unwrap_err().contains("scheme"));
-    }
-
-    #[test]
-    fn encode_puts_one_event_per_line() {
-        let b = crate::audit::sink::json_lines(&[Arc::from("{\"a\":1}"), Arc::from("{\"b\":2}")]);
-        assert_eq!(b, b"{\"a\":1}\n{\"b\":2}\n");
     }
 }

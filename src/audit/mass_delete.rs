@@ -264,7 +264,7 @@ impl Webhook {
     }
 
     /// Send `body` (the alert event's JSON) without holding up the caller.
-    pub fn notify(&self, body: Arc<str>) {
+    pub fn notify(&self, body: String) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
@@ -336,7 +336,7 @@ impl Monitor {
     }
 
     /// Look at serialized events; alerts for the deletes among them.
-    pub fn inspect(&mut self, events: &[Arc<str>]) -> Vec<Arc<str>> {
+    pub fn inspect(&mut self, events: &[String]) -> Vec<String> {
         let mut alerts = Vec::new();
         let now = Instant::now();
         for e in events {
@@ -360,7 +360,7 @@ impl Monitor {
         alerts
     }
 
-    fn raise(&self, a: &Alert) -> Arc<str> {
+    fn raise(&self, a: &Alert) -> String {
         let mut ev = Event::new(EventType::Alert);
         ev.alert = Some(AlertInfo {
             kind: "mass_deletion".into(),
@@ -379,7 +379,7 @@ impl Monitor {
             window_secs: Some(a.window_secs),
             threshold: Some(a.threshold),
         });
-        let json: Arc<str> = Arc::from(ev.to_json());
+        let json = ev.to_json();
         sink_metrics().mass_delete_alerts.inc();
         crate::admin::metrics::metrics()
             .audit
@@ -504,19 +504,17 @@ mod tests {
             webhook: None,
         })
         .unwrap();
-        let ev = |verdict: &str, tag: &str, status: &str| -> Arc<str> {
-            Arc::from(
-                serde_json::json!({
-                    "v": 1, "type": "statement", "user": "app",
-                    "statement": {
-                        "kind": "delete", "tables": ["public.users", "public.banned"],
-                        "verdict": verdict, "class": "WRITE", "protocol": "simple",
-                        "sql": "DELETE FROM users USING banned WHERE …", "fingerprint": "f",
-                        "outcome": {"status": status, "command_tag": tag, "duration_us": 5}
-                    }
-                })
-                .to_string(),
-            )
+        let ev = |verdict: &str, tag: &str, status: &str| -> String {
+            serde_json::json!({
+                "v": 1, "type": "statement", "user": "app",
+                "statement": {
+                    "kind": "delete", "tables": ["public.users", "public.banned"],
+                    "verdict": verdict, "class": "WRITE", "protocol": "simple",
+                    "sql": "DELETE FROM users USING banned WHERE …", "fingerprint": "f",
+                    "outcome": {"status": status, "command_tag": tag, "duration_us": 5}
+                }
+            })
+            .to_string()
         };
         assert!(m.inspect(&[ev("allowed", "DELETE 1", "ok")]).is_empty());
         // Blocked and failed statements deleted nothing.

@@ -19,7 +19,7 @@ use super::chain::Chain;
 use super::config::{AuditConfig, OnFull};
 use super::event::Event;
 use super::redact_cache::RedactCache;
-use super::sink::Sink;
+use super::sink::{Lines, Sink};
 use super::sinks;
 use crate::admin::metrics::metrics;
 
@@ -27,13 +27,16 @@ use crate::admin::metrics::metrics;
 const SINK_INBOX: usize = 4;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// What linking adds to an event, and its newline.
+const LINK_BYTES: usize = super::chain::LINK_BYTES + 1;
 
-type Batch = Arc<[Arc<str>]>;
+/// Queued events (serialized, not yet chained), shared by every sink.
+type Batch = Arc<[String]>;
 
 /// The running audit pipeline; shared by every session.
 pub struct Audit {
     config: AuditConfig,
-    tx: mpsc::Sender<Arc<str>>,
+    tx: mpsc::Sender<String>,
     close: Arc<Notify>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     redactions: RedactCache,
@@ -62,7 +65,7 @@ impl QueuedCounters {
 }
 
 /// A reserved queue slot: the event it carries cannot be refused.
-pub type Reservation = mpsc::OwnedPermit<Arc<str>>;
+pub type Reservation = mpsc::OwnedPermit<String>;
 
 impl Audit {
     /// Build the sinks and start the pipeline; `None` when no sink is
@@ -125,11 +128,10 @@ impl Audit {
     /// `drop` counts and drops it. Events outside statements (connections,
     /// auth, policy, alerts) wait under `fail_closed` too.
     pub async fn emit(&self, event: &Event) {
-        self.emit_json(event.kind_label(), event.to_json().into())
-            .await
+        self.emit_json(event.kind_label(), event.to_json()).await
     }
 
-    pub async fn emit_json(&self, kind: &'static str, json: Arc<str>) {
+    pub async fn emit_json(&self, kind: &'static str, json: String) {
         let m = &metrics().audit;
         let json = match self.tx.try_send(json) {
             Ok(()) => return self.queued(kind),
@@ -156,8 +158,7 @@ impl Audit {
     /// if the queue is full, a task waits for room (or drops, per `on_full`).
     pub fn emit_detached(self: &Arc<Self>, event: &Event) {
         let kind = event.kind_label();
-        let json: Arc<str> = event.to_json().into();
-        match self.tx.try_send(json) {
+        match self.tx.try_send(event.to_json()) {
             Ok(()) => self.queued(kind),
             Err(mpsc::error::TrySendError::Full(json)) => {
                 let me = self.clone();
@@ -176,7 +177,7 @@ impl Audit {
     }
 
     /// Send an event into a slot reserved by [`Audit::reserve`].
-    pub fn send_reserved(&self, slot: Reservation, kind: &'static str, json: Arc<str>) {
+    pub fn send_reserved(&self, slot: Reservation, kind: &'static str, json: String) {
         slot.send(json);
         self.queued(kind);
     }
@@ -239,7 +240,7 @@ struct Batching {
 }
 
 async fn dispatch(
-    mut rx: mpsc::Receiver<Arc<str>>,
+    mut rx: mpsc::Receiver<String>,
     inboxes: Vec<mpsc::Sender<Batch>>,
     Batching {
         max: batch_max,
@@ -302,7 +303,12 @@ async fn run_sink(mut sink: Box<dyn Sink>, mut inbox: mpsc::Receiver<Batch>) {
     let progress = m.sink_last_delivered.with_label_values(&[&name]);
     let mut chain = Chain::new(sink.last_hash());
     while let Some(batch) = inbox.recv().await {
-        let lines: Vec<Arc<str>> = batch.iter().map(|e| Arc::from(chain.link(e))).collect();
+        let bytes = batch.iter().map(|e| e.len() + LINK_BYTES).sum();
+        let mut lines = Lines::with_capacity(bytes, batch.len());
+        for e in batch.iter() {
+            lines.push_linked(&mut chain, e);
+        }
+        drop(batch);
         let mut backoff = BACKOFF_START;
         loop {
             let started = Instant::now();
@@ -368,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_arriving_within_the_linger_share_one_batch_in_order() {
-        let (tx, rx) = mpsc::channel::<Arc<str>>(64);
+        let (tx, rx) = mpsc::channel::<String>(64);
         let (itx, mut irx) = mpsc::channel::<Batch>(SINK_INBOX);
         let batching = Batching {
             max: 4,
@@ -377,7 +383,7 @@ mod tests {
         let close = Arc::new(Notify::new());
         let task = tokio::spawn(dispatch(rx, vec![itx], batching, close.clone(), None));
         for i in 0..10 {
-            tx.send(Arc::from(i.to_string())).await.unwrap();
+            tx.send(i.to_string()).await.unwrap();
         }
         // Ten events sent at once, at most four per batch: 4, 4, 2 — never
         // ten batches of one.
@@ -393,9 +399,9 @@ mod tests {
         assert_eq!(seen, expected);
         // A lone event still goes out, after the linger.
         let sent = Instant::now();
-        tx.send(Arc::from("last")).await.unwrap();
+        tx.send("last".to_string()).await.unwrap();
         let batch = irx.recv().await.unwrap();
-        assert_eq!(&*batch[0], "last");
+        assert_eq!(batch[0], "last");
         assert!(sent.elapsed() >= Duration::from_millis(200));
         close.notify_one();
         drop(tx);

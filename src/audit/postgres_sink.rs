@@ -13,11 +13,11 @@
 //! whenever the sink is configured. Postgres privileges remain the second
 //! wall: grant the sink's role INSERT only, and clients nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::sink::Lines;
 use crate::config::UpstreamConfig;
 use crate::pgclient::{self, CredentialsConfig};
 use crate::policy::config::{Access, Action, CustomRuleConfig, PolicyConfig};
@@ -226,7 +226,7 @@ impl PostgresSink {
 
     /// COPY the batch in one transaction; Ok once committed. On any error
     /// the connection is dropped and the next call reconnects.
-    pub async fn deliver(&mut self, batch: &[Arc<str>]) -> anyhow::Result<()> {
+    pub async fn deliver(&mut self, batch: &Lines) -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -277,9 +277,9 @@ async fn copy_batch(
 
 /// The batch in COPY text format: id, time, type pulled out of each event,
 /// the whole event as the last column.
-fn copy_rows(batch: &[Arc<str>]) -> anyhow::Result<Vec<u8>> {
+fn copy_rows(batch: &Lines) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(batch.iter().map(|e| e.len() * 2 + 64).sum());
-    for line in batch {
+    for line in batch.iter() {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("audit event is not JSON: {e}"))?;
         let field = |k: &str| {
@@ -330,10 +330,8 @@ mod tests {
 
     #[test]
     fn copy_rows_escape_backslashes_and_control_characters() {
-        let ev: Arc<str> = Arc::from(
-            r#"{"id":"e1","time":"2026-01-01T00:00:00.000001Z","type":"statement","sql":"a\tb\\c"}"#,
-        );
-        let rows = String::from_utf8(copy_rows(&[ev]).unwrap()).unwrap();
+        let ev = r#"{"id":"e1","time":"2026-01-01T00:00:00.000001Z","type":"statement","sql":"a\tb\\c"}"#;
+        let rows = String::from_utf8(copy_rows(&[ev].into_iter().collect()).unwrap()).unwrap();
         assert_eq!(
             rows.matches('\t').count(),
             3,
@@ -341,8 +339,9 @@ mod tests {
         );
         assert!(rows.starts_with("e1\t2026-01-01T00:00:00.000001Z\tstatement\t{"));
         assert!(rows.contains(r#"a\\tb\\\\c"#), "{rows}");
-        assert!(copy_rows(&[Arc::from("{\"id\":1}")]).is_err());
-        assert!(copy_rows(&[Arc::from("not json")]).is_err());
+        for bad in ["{\"id\":1}", "not json"] {
+            assert!(copy_rows(&[bad].into_iter().collect()).is_err());
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub struct SessionAudit {
     /// once the relay has forwarded the reply (not while the client waits).
     finished: Vec<Finished>,
     /// Serialized events for the relay to queue (it may wait; we may not).
-    outbox: Vec<(&'static str, Arc<str>)>,
+    outbox: Vec<(&'static str, String)>,
     /// Recently parsed statements by text (see [`Self::describe_parse`]).
     recent_parses: HashMap<String, RecentParse>,
     /// Recent Query statements by redacted text (see [`Self::share`]).
@@ -257,7 +257,7 @@ impl SessionAudit {
 
     /// Events ready to be queued by the relay: the statements finished
     /// since the last call, serialized now.
-    pub fn take_events(&mut self) -> Vec<(&'static str, Arc<str>)> {
+    pub fn take_events(&mut self) -> Vec<(&'static str, String)> {
         if !self.finished.is_empty() {
             let info = &self.info;
             let session = self
@@ -266,7 +266,6 @@ impl SessionAudit {
             for f in self.finished.drain(..) {
                 let json =
                     event::statement_json(session, f.stmt.head(), f.params.as_ref(), &f.outcome);
-                let json: Arc<str> = json.into();
                 match f.slot {
                     Some(slot) => self.audit.send_reserved(slot, "statement", json),
                     None => self.outbox.push(("statement", json)),

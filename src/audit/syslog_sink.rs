@@ -15,13 +15,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+use super::sink::Lines;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -292,7 +294,7 @@ impl SyslogSink {
     }
 
     /// Send every event of the batch; Ok once all are on the wire.
-    pub async fn deliver(&mut self, batch: &[Arc<str>]) -> anyhow::Result<()> {
+    pub async fn deliver(&mut self, batch: &Lines) -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -322,13 +324,13 @@ impl SyslogSink {
         }
     }
 
-    async fn send(&mut self, batch: &[Arc<str>]) -> anyhow::Result<()> {
+    async fn send(&mut self, batch: &Lines) -> anyhow::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
         }
         match self.conn.as_mut().expect("connected above") {
             Conn::Udp(sock) => {
-                for e in batch {
+                for e in batch.iter() {
                     let msg = self.formatter.format(e);
                     let bytes = cut(&msg, self.cfg.max_message_bytes);
                     if bytes.len() < msg.len() {
@@ -340,7 +342,7 @@ impl SyslogSink {
             }
             Conn::Stream(s) => {
                 let mut buf = Vec::with_capacity(batch.iter().map(|e| e.len() + 96).sum());
-                for e in batch {
+                for e in batch.iter() {
                     let msg = self.formatter.format(e);
                     buf.extend_from_slice(format!("{} ", msg.len()).as_bytes());
                     buf.extend_from_slice(msg.as_bytes());

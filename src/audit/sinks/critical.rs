@@ -13,13 +13,13 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::file::{chain_end, State};
 use crate::audit::chain::{self, Chain};
 use crate::audit::config::FileSinkConfig;
+use crate::audit::sink::Lines;
 
 /// `dir/audit.jsonl` → `dir/critical-audit.jsonl`.
 pub fn critical_path(path: &Path) -> PathBuf {
@@ -106,7 +106,7 @@ impl CriticalStream {
     /// writes them all to the main stream, then write the critical ones here.
     pub fn deliver_after(
         &mut self,
-        events: &[Arc<str>],
+        events: &Lines,
         main: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let end = events.last().and_then(|e| chain::hash_of(e.as_bytes()));
@@ -119,7 +119,7 @@ impl CriticalStream {
         Ok(())
     }
 
-    fn write(&mut self, events: &[Arc<str>]) -> anyhow::Result<()> {
+    fn write(&mut self, events: &Lines) -> anyhow::Result<()> {
         // Link on a copy: the chain only moves on once the lines are written.
         let mut chain = self.chain.clone();
         let mut buf = Vec::new();

@@ -19,7 +19,7 @@ use anyhow::Context;
 
 use crate::audit::chain;
 use crate::audit::config::{FileSinkConfig, Fsync};
-use crate::audit::sink::Sink;
+use crate::audit::sink::{Lines, Sink};
 use crate::audit::time;
 
 use super::critical::CriticalStream;
@@ -318,10 +318,9 @@ impl Sink for FileSink {
 
     fn deliver<'a>(
         &'a mut self,
-        batch: &'a [Arc<str>],
+        batch: &'a Lines,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
         Box::pin(async move {
-            let buf = crate::audit::sink::json_lines(batch);
             let mut state = self
                 .state
                 .take()
@@ -330,12 +329,13 @@ impl Sink for FileSink {
                 // An append that does not wait for the disk takes
                 // microseconds: done in place on the audit thread, it
                 // saves two thread wake-ups per batch.
-                let result = state.write(&buf);
+                let result = state.write(batch.ndjson());
                 self.state = Some(state);
                 return result;
             }
+            let buf = batch.ndjson().to_vec();
             let mut critical = self.critical.take();
-            let events = critical.as_ref().map(|_| batch.to_vec());
+            let events = critical.as_ref().map(|_| batch.clone());
             let (state, critical, result) = tokio::task::spawn_blocking(move || {
                 let result = match (critical.as_mut(), events) {
                     (Some(c), Some(events)) => c.deliver_after(&events, || state.write(&buf)),
@@ -367,10 +367,12 @@ mod tests {
         }
     }
 
-    fn lines(n: usize, chain: &mut Chain) -> Vec<Arc<str>> {
-        (0..n)
-            .map(|i| Arc::from(chain.link(&format!("{{\"v\":1,\"n\":{i}}}"))))
-            .collect()
+    fn lines(n: usize, chain: &mut Chain) -> Lines {
+        let mut lines = Lines::default();
+        for i in 0..n {
+            lines.push_linked(chain, &format!("{{\"v\":1,\"n\":{i}}}"));
+        }
+        lines
     }
 
     #[tokio::test]
@@ -439,13 +441,13 @@ mod tests {
         let critical = critical_path(&cfg.path);
         let mut sink = FileSink::open("f".into(), cfg.clone()).await.unwrap();
         let mut chain = Chain::new(None);
-        let batch = |chain: &mut Chain| -> Vec<Arc<str>> {
+        let batch = |chain: &mut Chain| -> Lines {
             [
                 r#"{"v":1,"type":"connection"}"#,
                 r#"{"v":1,"type":"alert"}"#,
             ]
             .iter()
-            .map(|b| Arc::from(chain.link(b)))
+            .map(|b| chain.link(b))
             .collect()
         };
         sink.deliver(&batch(&mut chain)).await.unwrap();
@@ -484,9 +486,9 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", critical_path(&cfg.path)).unwrap();
         let mut sink = FileSink::open("f".into(), cfg.clone()).await.unwrap();
         let mut chain = Chain::new(None);
-        let batch: Vec<Arc<str>> = [r#"{"v":1,"type":"policy"}"#, r#"{"v":1,"type":"auth"}"#]
+        let batch: Lines = [r#"{"v":1,"type":"policy"}"#, r#"{"v":1,"type":"auth"}"#]
             .iter()
-            .map(|b| Arc::from(chain.link(b)))
+            .map(|b| chain.link(b))
             .collect();
         for _ in 0..3 {
             // The pipeline offers the same batch until it is accepted.
@@ -495,7 +497,9 @@ mod tests {
         let main = fs::read_to_string(&cfg.path).unwrap();
         assert_eq!(main.lines().count(), 2, "{main}");
         // A new batch is written to the main stream again.
-        let next: Vec<Arc<str>> = vec![Arc::from(chain.link(r#"{"v":1,"type":"alert"}"#))];
+        let next: Lines = [chain.link(r#"{"v":1,"type":"alert"}"#)]
+            .into_iter()
+            .collect();
         assert!(sink.deliver(&next).await.is_err());
         assert_eq!(fs::read_to_string(&cfg.path).unwrap().lines().count(), 3);
     }

@@ -8,12 +8,11 @@ pub mod stdout;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use super::config::SinkConfig;
 use super::http_sink::HttpSink;
 use super::postgres_sink::PostgresSink;
-use super::sink::Sink;
+use super::sink::{Lines, Sink};
 use super::syslog_sink::SyslogSink;
 use crate::config::UpstreamConfig;
 
@@ -43,7 +42,7 @@ impl Sink for HttpSink {
     fn name(&self) -> &str {
         HttpSink::name(self)
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Arc<str>]) -> Delivery<'a> {
+    fn deliver<'a>(&'a mut self, batch: &'a Lines) -> Delivery<'a> {
         Box::pin(HttpSink::deliver(self, batch))
     }
     fn last_hash(&mut self) -> Option<String> {
@@ -55,7 +54,7 @@ impl Sink for SyslogSink {
     fn name(&self) -> &str {
         SyslogSink::name(self)
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Arc<str>]) -> Delivery<'a> {
+    fn deliver<'a>(&'a mut self, batch: &'a Lines) -> Delivery<'a> {
         Box::pin(SyslogSink::deliver(self, batch))
     }
 }
@@ -70,7 +69,7 @@ impl Sink for Resumed {
     fn name(&self) -> &str {
         self.sink.name()
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Arc<str>]) -> Delivery<'a> {
+    fn deliver<'a>(&'a mut self, batch: &'a Lines) -> Delivery<'a> {
         Box::pin(self.sink.deliver(batch))
     }
     fn last_hash(&mut self) -> Option<String> {

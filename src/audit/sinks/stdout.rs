@@ -3,9 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use crate::audit::sink::Sink;
+use crate::audit::sink::{Lines, Sink};
 
 pub struct StdoutSink {
     name: String,
@@ -24,10 +23,10 @@ impl Sink for StdoutSink {
 
     fn deliver<'a>(
         &'a mut self,
-        batch: &'a [Arc<str>],
+        batch: &'a Lines,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
         Box::pin(async move {
-            let buf = crate::audit::sink::json_lines(batch);
+            let buf = batch.ndjson().to_vec();
             // A blocking write: stdout may be a pipe its reader drains slowly.
             tokio::task::spawn_blocking(move || {
                 use std::io::Write;
