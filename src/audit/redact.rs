@@ -99,7 +99,7 @@ pub fn redacted_text(
     for t in tokens {
         let text = text_of(sql, t, base)?;
         let start = t.span.start - base;
-        // A sign glued to a number literal is part of the literal (`-1`).
+        // A minus before a number is an operator token: `-1` becomes `-$n`.
         let mask = if literals && is_literal(t.kind) {
             next_param += 1;
             Some(None)

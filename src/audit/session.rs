@@ -207,6 +207,30 @@ struct Finished {
     slot: Option<Reservation>,
 }
 
+/// The redacted text of a statement: made from the policy's tokens, or
+/// found among the texts redacted before.
+enum RedactedText {
+    Made(String),
+    Cached(Arc<Redacted>),
+}
+
+impl RedactedText {
+    fn as_str(&self) -> &str {
+        match self {
+            RedactedText::Made(s) => s,
+            RedactedText::Cached(r) => &r.sql,
+        }
+    }
+
+    /// The text, if it was made here (a cached one is found again cheaply).
+    fn made(self) -> Option<String> {
+        match self {
+            RedactedText::Made(s) => Some(s),
+            RedactedText::Cached(_) => None,
+        }
+    }
+}
+
 /// A Parse described before, and what its description was made from.
 struct RecentParse {
     lex: LexOptions,
@@ -578,22 +602,17 @@ impl SessionAudit {
         // From the policy's tokens when it lexed this text, else (a text
         // it had classified before) from the texts redacted before.
         let cfg = self.audit.config();
-        let (mut made, cached);
-        let sql = match tokens.filter(|t| t.options == self.lex) {
-            Some(t) => {
-                let text =
-                    t.redacted_text(index, &facts.text, cfg.redact_literals, cfg.max_sql_bytes);
-                made = Some(text.ok_or(None)?);
-                made.as_deref().unwrap_or_default()
-            }
+        let text = match tokens.filter(|t| t.options == self.lex) {
+            Some(t) => RedactedText::Made(
+                t.redacted_text(index, &facts.text, cfg.redact_literals, cfg.max_sql_bytes)
+                    .ok_or(None)?,
+            ),
             None => {
                 let scs = self.lex.standard_conforming_strings;
-                cached = self.audit.redactions().get(&facts.text, scs).ok_or(None)?;
-                made = None;
-                cached.sql.as_str()
+                RedactedText::Cached(self.audit.redactions().get(&facts.text, scs).ok_or(None)?)
             }
         };
-        match self.recent_queries.get(sql) {
+        match self.recent_queries.get(text.as_str()) {
             Some(known)
                 if known.protocol == "simple"
                     && known.verdict == AuditVerdict::Allowed
@@ -604,7 +623,7 @@ impl SessionAudit {
             {
                 Ok(known.clone())
             }
-            _ => Err(made.take()),
+            _ => Err(text.made()),
         }
     }
 
@@ -1047,6 +1066,12 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&one, &two));
         assert!(!one.sql.contains("17"), "{}", one.sql);
+        // A text seen before (the policy had its facts, so no tokens).
+        let repeat = query(
+            &mut a,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4242",
+        );
+        assert!(Arc::ptr_eq(&one, &repeat));
         let other = query(
             &mut a,
             "SELECT bbalance FROM pgbench_branches WHERE bid = 17",
@@ -1090,13 +1115,19 @@ mod tests {
         };
         let one = query(
             &mut a,
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 17",
+            "UPDATE pgbench_branches SET bbalance = 1 WHERE bid = 2",
         );
         let two = query(
             &mut a,
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 4242",
+            "UPDATE pgbench_branches SET bbalance = 5 WHERE bid = 7",
         );
         assert!(Arc::ptr_eq(&one[0], &two[0]));
+        // The minus is an operator: `-5` redacts to `-$1`, another text.
+        let negative = query(
+            &mut a,
+            "UPDATE pgbench_branches SET bbalance = -5 WHERE bid = 7",
+        );
+        assert!(negative[0].sql.contains("= -$1"), "{}", negative[0].sql);
         // Both statements of one Query, and a repeat of a whole text.
         let both = query(&mut a, "select 1 from t, u, t; select 2 from t, u, t");
         assert!(Arc::ptr_eq(&both[0], &both[1]));
@@ -1106,7 +1137,7 @@ mod tests {
         // Spacing is kept in the text, so it is another statement.
         let spaced = query(
             &mut a,
-            "SELECT  abalance FROM pgbench_accounts WHERE aid = 5",
+            "UPDATE pgbench_branches SET  bbalance = 1 WHERE bid = 2",
         );
         assert!(!Arc::ptr_eq(&one[0], &spaced[0]));
         // A block is never recalled as the allowed statement.
