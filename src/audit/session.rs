@@ -614,8 +614,7 @@ impl SessionAudit {
         };
         match self.recent_queries.get(text.as_str()) {
             Some(known)
-                if known.protocol == "simple"
-                    && known.verdict == AuditVerdict::Allowed
+                if known.verdict == AuditVerdict::Allowed
                     && known.kind == facts.kind.name()
                     && known.class == class
                     && known.sql_sent.is_none()

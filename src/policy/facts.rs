@@ -21,9 +21,7 @@ impl QualifiedName {
             name: name.to_string(),
         }
     }
-}
 
-impl QualifiedName {
     /// `schema.name`, or `name`: what `Display` writes, built directly (the
     /// audit names the tables of every statement it records).
     pub fn dotted(&self) -> String {

@@ -333,13 +333,13 @@ impl Sink for FileSink {
                 self.state = Some(state);
                 return result;
             }
-            let buf = batch.ndjson().to_vec();
+            // One copy of the batch goes to the blocking thread.
+            let batch = batch.clone();
             let mut critical = self.critical.take();
-            let events = critical.as_ref().map(|_| batch.clone());
             let (state, critical, result) = tokio::task::spawn_blocking(move || {
-                let result = match (critical.as_mut(), events) {
-                    (Some(c), Some(events)) => c.deliver_after(&events, || state.write(&buf)),
-                    _ => state.write(&buf),
+                let result = match critical.as_mut() {
+                    Some(c) => c.deliver_after(&batch, || state.write(batch.ndjson())),
+                    None => state.write(batch.ndjson()),
                 };
                 (state, critical, result)
             })
