@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod handshake;
 pub mod loops;
+pub mod race;
 pub mod relay;
 pub mod retag;
 pub mod seams;

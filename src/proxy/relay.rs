@@ -12,12 +12,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Mutex as AsyncMutex, Notify};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
 
+use super::race::Race;
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
-use super::stream::{ClientStream, UpstreamStream};
+use super::stream::{
+    ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
+};
 use super::Phase;
 use crate::admin::metrics::metrics;
 use crate::wire::errors::{sqlstate, PgError};
@@ -104,7 +107,7 @@ pub struct Traffic {
     pub from_server: AtomicU64,
 }
 
-type ClientWriter = AsyncMutex<WriteHalf<ClientStream>>;
+type SharedClientWriter = AsyncMutex<ClientWriter>;
 
 /// Relay until either side ends. `client_pending`/`server_pending` are bytes
 /// already read during startup that belong to the relay phase.
@@ -117,23 +120,24 @@ pub async fn relay(
     seams: &Mutex<SessionSeams>,
     limits: RelayLimits,
     traffic: &Traffic,
-    shutdown: tokio::sync::watch::Receiver<Phase>,
+    shutdown: watch::Receiver<Phase>,
 ) -> RelayEnd {
-    let (client_read, client_write) = tokio::io::split(client);
-    let (server_read, server_write) = tokio::io::split(server);
-    let client_write: ClientWriter = AsyncMutex::new(client_write);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let client_write: SharedClientWriter = AsyncMutex::new(client_write);
     let backend_mid_frame = AtomicBool::new(false);
     // While draining, the backend side wakes the frontend side at each
     // ReadyForQuery so a busy session is closed between transactions.
+    // The frontend side follows the shutdown phase and keeps `draining`.
     let ready_seen = Notify::new();
-    let backend_phase = shutdown.clone();
+    let draining = AtomicBool::new(*shutdown.borrow() == Phase::Draining);
     // Set by the frontend side when it closes the session while the backend
     // side is inside a frame: the backend side then cuts at the next frame
     // boundary and sends the 57P01 itself.
     let cut_at_boundary = AtomicBool::new(false);
 
     let end = {
-        let up = pump_frontend(
+        let up = std::pin::pin!(pump_frontend(
             client_read,
             server_write,
             client_pending,
@@ -143,21 +147,18 @@ pub async fn relay(
             limits,
             traffic,
             shutdown,
-            (&ready_seen, &cut_at_boundary),
-        );
-        let down = pump_backend(
+            (&ready_seen, &draining, &cut_at_boundary),
+        ));
+        let down = std::pin::pin!(pump_backend(
             server_read,
             &client_write,
             server_pending,
             seams,
             &backend_mid_frame,
             traffic,
-            (backend_phase, &ready_seen, &cut_at_boundary),
-        );
-        tokio::select! {
-            end = up => end,
-            end = down => end,
-        }
+            (&draining, &ready_seen, &cut_at_boundary),
+        ));
+        Race::new(up, down).await
     };
     let mut w = client_write.lock().await;
     let _ = w.flush().await;
@@ -171,17 +172,23 @@ fn lock(seams: &Mutex<SessionSeams>) -> std::sync::MutexGuard<'_, SessionSeams> 
 
 #[allow(clippy::too_many_arguments)]
 async fn pump_frontend(
-    mut reader: ReadHalf<ClientStream>,
-    mut writer: WriteHalf<UpstreamStream>,
+    mut reader: ClientReader,
+    mut writer: UpstreamWriter,
     mut buf: BytesMut,
     seams: &Mutex<SessionSeams>,
-    client_write: &ClientWriter,
+    client_write: &SharedClientWriter,
     backend_mid_frame: &AtomicBool,
     limits: RelayLimits,
     traffic: &Traffic,
-    mut shutdown: tokio::sync::watch::Receiver<Phase>,
-    (ready_seen, cut_at_boundary): (&Notify, &AtomicBool),
+    mut shutdown: watch::Receiver<Phase>,
+    (ready_seen, draining, cut_at_boundary): (&Notify, &AtomicBool, &AtomicBool),
 ) -> RelayEnd {
+    // The phase, and one wait for its next change kept across reads: a
+    // fresh `changed()` per read would register with the process-wide
+    // channel, under a lock every session shares, twice per round trip.
+    let mut phase = *shutdown.borrow_and_update();
+    let mut phase_change = std::pin::pin!(next_phase(shutdown));
+    let mut phase_watched = true;
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
     let mut sizer = ReadSizer::new();
@@ -273,7 +280,6 @@ async fn pump_frontend(
         let offered = sizer.prepare(&mut buf);
         let read = loop {
             let at_boundary = buf.is_empty() && passthrough == 0;
-            let phase = *shutdown.borrow_and_update();
             if phase == Phase::Closing || (phase == Phase::Draining && at_boundary) {
                 // Draining closes a session only at an idle point: outside a
                 // transaction, nothing outstanding, between client frames.
@@ -303,14 +309,21 @@ async fn pump_frontend(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // Reads first: the other branches are looked at when the
+            // socket has nothing (and a flood still yields to them when the
+            // task's cooperative budget runs out).
             tokio::select! {
+                biased;
                 r = reader.read_buf(&mut buf) => break r,
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        // The proxy is gone; nothing will signal again.
-                        break reader.read_buf(&mut buf).await;
+                changed = phase_change.as_mut(), if phase_watched => match changed {
+                    Some((next, rx)) => {
+                        phase = next;
+                        draining.store(next == Phase::Draining, Ordering::Relaxed);
+                        phase_change.set(next_phase(rx));
                     }
-                }
+                    // The proxy is gone; nothing will signal again.
+                    None => phase_watched = false,
+                },
                 _ = ready_seen.notified(), if phase == Phase::Draining => {}
                 _ = sleep_until_opt(wake), if wake.is_some() => {
                     let Some(limit) = idle_limit else { continue };
@@ -337,6 +350,14 @@ async fn pump_frontend(
     }
 }
 
+/// The next shutdown phase, with the receiver to wait for the one after;
+/// `None` once the sender is gone.
+async fn next_phase(mut rx: watch::Receiver<Phase>) -> Option<(Phase, watch::Receiver<Phase>)> {
+    rx.changed().await.ok()?;
+    let phase = *rx.borrow_and_update();
+    Some((phase, rx))
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -358,8 +379,8 @@ fn admin_shutdown_error() -> Vec<u8> {
 /// there), then 57P01 to the client — only between backend frames: if a
 /// frame is streaming, the backend side cuts at its end and sends it.
 async fn close_for_shutdown(
-    writer: &mut WriteHalf<UpstreamStream>,
-    client_write: &ClientWriter,
+    writer: &mut UpstreamWriter,
+    client_write: &SharedClientWriter,
     backend_mid_frame: &AtomicBool,
     cut_at_boundary: &AtomicBool,
     upstream_at_boundary: bool,
@@ -410,17 +431,13 @@ async fn queue_audit_events(seams: &Mutex<SessionSeams>, audit: &crate::audit::A
 }
 
 async fn pump_backend(
-    mut reader: ReadHalf<UpstreamStream>,
-    client_write: &ClientWriter,
+    mut reader: UpstreamReader,
+    client_write: &SharedClientWriter,
     mut buf: BytesMut,
     seams: &Mutex<SessionSeams>,
     backend_mid_frame: &AtomicBool,
     traffic: &Traffic,
-    (phase, ready_seen, cut_at_boundary): (
-        tokio::sync::watch::Receiver<Phase>,
-        &Notify,
-        &AtomicBool,
-    ),
+    (draining, ready_seen, cut_at_boundary): (&AtomicBool, &Notify, &AtomicBool),
 ) -> RelayEnd {
     let mut passthrough = 0usize;
     let mut sizer = ReadSizer::new();
@@ -491,7 +508,7 @@ async fn pump_backend(
             }
             traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
             metrics().client_bytes_sent.inc_by(pos as u64);
-            if saw_ready && *phase.borrow() == Phase::Draining {
+            if saw_ready && draining.load(Ordering::Relaxed) {
                 ready_seen.notify_one();
             }
         }

@@ -80,8 +80,6 @@ pub struct SessionSeams {
     pub blocked: u64,
     /// ErrorResponses relayed.
     pub errors: u64,
-    /// The last CommandComplete tag.
-    pub last_command_tag: Option<String>,
     /// Messages sent upstream that each produce one ReadyForQuery.
     sync_points_sent: u64,
     ready_received: u64,
@@ -116,7 +114,6 @@ impl SessionSeams {
             statements: 0,
             blocked: 0,
             errors: 0,
-            last_command_tag: None,
             sync_points_sent: 0,
             ready_received: 0,
             pending_blocks: VecDeque::new(),
@@ -441,16 +438,20 @@ impl SessionSeams {
                     self.transaction_status = status;
                 }
                 self.ready_received += 1;
-                self.idle_since = Some(Instant::now());
+                let now = Instant::now();
+                self.idle_since = Some(now);
                 if let Some(started) = self.in_flight.pop_front() {
                     metrics()
                         .query_duration_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(now.saturating_duration_since(started).as_secs_f64());
                 }
-                let settled = self.ready_received;
-                // A substitute skipped by the server (an earlier error in the
-                // same pipeline) never errors; forget it at its ReadyForQuery.
-                self.pending_blocks.retain(|p| p.settled_by > settled);
+                if !self.pending_blocks.is_empty() {
+                    let settled = self.ready_received;
+                    // A substitute skipped by the server (an earlier error in
+                    // the same pipeline) never errors; forget it at its
+                    // ReadyForQuery.
+                    self.pending_blocks.retain(|p| p.settled_by > settled);
+                }
             }
             backend::PARAMETER_STATUS => {
                 if let Some((name, value)) = frame::parameter_status(body) {
@@ -467,12 +468,7 @@ impl SessionSeams {
             }
             backend::COMMAND_COMPLETE => {
                 if let Some(frame) = retagged {
-                    self.last_command_tag = frame::read_cstr(&frame[frame::Header::SIZE..])
-                        .map(|(t, _)| String::from_utf8_lossy(t).into_owned());
                     return BackendAction::Replace(frame);
-                }
-                if let Some((tag, _)) = frame::read_cstr(body) {
-                    self.last_command_tag = Some(String::from_utf8_lossy(tag).into_owned());
                 }
             }
             backend::ERROR_RESPONSE => {

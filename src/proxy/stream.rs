@@ -4,8 +4,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 /// The client side: TCP, possibly upgraded to TLS after an SSLRequest.
 pub enum ClientStream {
@@ -47,13 +47,83 @@ pub enum UpstreamStream {
     Unix(UnixStream),
 }
 
-macro_rules! delegate_io {
+/// The read half of a [`ClientStream`]. Plain TCP splits without a lock;
+/// a TLS stream reads and writes one session state, so its halves share it.
+pub enum ClientReader {
+    Plain(tcp::OwnedReadHalf),
+    Tls(ReadHalf<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
+}
+
+/// The write half of a [`ClientStream`].
+pub enum ClientWriter {
+    Plain(tcp::OwnedWriteHalf),
+    Tls(WriteHalf<Box<tokio_rustls::server::TlsStream<TcpStream>>>),
+}
+
+impl ClientStream {
+    /// Split for the relay. The relay reads and writes each socket from
+    /// two places at every round trip; `tokio::io::split` would take a
+    /// lock on every one of those calls, where a socket needs none.
+    pub fn into_split(self) -> (ClientReader, ClientWriter) {
+        match self {
+            ClientStream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ClientReader::Plain(r), ClientWriter::Plain(w))
+            }
+            ClientStream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ClientReader::Tls(r), ClientWriter::Tls(w))
+            }
+        }
+    }
+}
+
+/// The read half of an [`UpstreamStream`].
+pub enum UpstreamReader {
+    Tcp(tcp::OwnedReadHalf),
+    Tls(ReadHalf<Box<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Unix(unix::OwnedReadHalf),
+}
+
+/// The write half of an [`UpstreamStream`].
+pub enum UpstreamWriter {
+    Tcp(tcp::OwnedWriteHalf),
+    Tls(WriteHalf<Box<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl UpstreamStream {
+    /// Split for the relay, as [`ClientStream::into_split`].
+    pub fn into_split(self) -> (UpstreamReader, UpstreamWriter) {
+        match self {
+            UpstreamStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (UpstreamReader::Tcp(r), UpstreamWriter::Tcp(w))
+            }
+            UpstreamStream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (UpstreamReader::Tls(r), UpstreamWriter::Tls(w))
+            }
+            UpstreamStream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (UpstreamReader::Unix(r), UpstreamWriter::Unix(w))
+            }
+        }
+    }
+}
+
+macro_rules! delegate_read {
     ($ty:ident { $($variant:ident),* }) => {
         impl AsyncRead for $ty {
             fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)* }
             }
         }
+    };
+}
+
+macro_rules! delegate_write {
+    ($ty:ident { $($variant:ident),* }) => {
         impl AsyncWrite for $ty {
             fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
                 match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)* }
@@ -74,5 +144,11 @@ macro_rules! delegate_io {
     };
 }
 
-delegate_io!(ClientStream { Plain, Tls });
-delegate_io!(UpstreamStream { Tcp, Tls, Unix });
+delegate_read!(ClientStream { Plain, Tls });
+delegate_write!(ClientStream { Plain, Tls });
+delegate_read!(UpstreamStream { Tcp, Tls, Unix });
+delegate_write!(UpstreamStream { Tcp, Tls, Unix });
+delegate_read!(ClientReader { Plain, Tls });
+delegate_write!(ClientWriter { Plain, Tls });
+delegate_read!(UpstreamReader { Tcp, Tls, Unix });
+delegate_write!(UpstreamWriter { Tcp, Tls, Unix });
