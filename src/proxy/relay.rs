@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Mutex as AsyncMutex, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::race::Race;
@@ -107,8 +107,6 @@ pub struct Traffic {
     pub from_server: AtomicU64,
 }
 
-type SharedClientWriter = AsyncMutex<ClientWriter>;
-
 /// Relay until either side ends. `client_pending`/`server_pending` are bytes
 /// already read during startup that belong to the relay phase.
 #[allow(clippy::too_many_arguments)]
@@ -122,10 +120,14 @@ pub async fn relay(
     traffic: &Traffic,
     shutdown: watch::Receiver<Phase>,
 ) -> RelayEnd {
-    let (client_read, client_write) = client.into_split();
+    let (client_read, mut client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let client_write: SharedClientWriter = AsyncMutex::new(client_write);
-    let backend_mid_frame = AtomicBool::new(false);
+    // Only the backend side writes to the client while the relay runs.
+    // It keeps `client_at_boundary` true while no write is under way and
+    // no frame is half sent; a closing frontend side leaves its last
+    // message in `farewell`, sent after the relay only at such a boundary.
+    let client_at_boundary = AtomicBool::new(true);
+    let farewell = Mutex::new(None);
     // While draining, the backend side wakes the frontend side at each
     // ReadyForQuery so a busy session is closed between transactions.
     // The frontend side follows the shutdown phase and keeps `draining`.
@@ -142,8 +144,7 @@ pub async fn relay(
             server_write,
             client_pending,
             seams,
-            &client_write,
-            &backend_mid_frame,
+            (&client_at_boundary, &farewell),
             limits,
             traffic,
             shutdown,
@@ -151,19 +152,33 @@ pub async fn relay(
         ));
         let down = std::pin::pin!(pump_backend(
             server_read,
-            &client_write,
+            &mut client_write,
             server_pending,
             seams,
-            &backend_mid_frame,
+            &client_at_boundary,
             traffic,
             (&draining, &ready_seen, &cut_at_boundary),
         ));
         Race::new(up, down).await
     };
-    let mut w = client_write.lock().await;
-    let _ = w.flush().await;
-    let _ = w.shutdown().await;
+    let last = farewell.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(bytes) = last.filter(|_| client_at_boundary.load(Ordering::Acquire)) {
+        // A client that stopped reading must not hold the session open.
+        let _ = tokio::time::timeout(FAREWELL_WAIT, client_write.write_all(&bytes)).await;
+    }
+    let _ = client_write.flush().await;
+    let _ = client_write.shutdown().await;
     end
+}
+
+/// How long the last message to a closing client may wait for room.
+const FAREWELL_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a closing frontend side leaves its message to the client.
+type Farewell = Mutex<Option<Vec<u8>>>;
+
+fn say_farewell(farewell: &Farewell, bytes: Vec<u8>) {
+    *farewell.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
 }
 
 fn lock(seams: &Mutex<SessionSeams>) -> std::sync::MutexGuard<'_, SessionSeams> {
@@ -176,8 +191,7 @@ async fn pump_frontend(
     mut writer: UpstreamWriter,
     mut buf: BytesMut,
     seams: &Mutex<SessionSeams>,
-    client_write: &SharedClientWriter,
-    backend_mid_frame: &AtomicBool,
+    (client_at_boundary, farewell): (&AtomicBool, &Farewell),
     limits: RelayLimits,
     traffic: &Traffic,
     mut shutdown: watch::Receiver<Phase>,
@@ -268,12 +282,8 @@ async fn pump_frontend(
             tracing::warn!(%reason, "closing session: protocol violation from client");
             // Stop the server cleanly: we are at a frame boundary upstream.
             let _ = writer.write_all(b"X\0\0\0\x04").await;
-            let mut w = client_write.lock().await;
-            if !backend_mid_frame.load(Ordering::Acquire) {
-                let err = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgward: {reason}"));
-                let _ = w.write_all(&err.to_bytes()).await;
-                let _ = w.flush().await;
-            }
+            let err = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgward: {reason}"));
+            say_farewell(farewell, err.to_bytes().to_vec());
             return RelayEnd::ClientProtocolViolation(reason);
         }
 
@@ -287,8 +297,7 @@ async fn pump_frontend(
                 if phase == Phase::Closing || idle {
                     return close_for_shutdown(
                         &mut writer,
-                        client_write,
-                        backend_mid_frame,
+                        (client_at_boundary, farewell),
                         cut_at_boundary,
                         at_boundary,
                     )
@@ -330,13 +339,11 @@ async fn pump_frontend(
                     let idle_for = lock(seams).idle_since().map(|t| t.elapsed());
                     if idle_for.is_some_and(|d| d >= limit) {
                         let _ = writer.write_all(b"X\0\0\0\x04").await;
-                        let mut w = client_write.lock().await;
                         let err = PgError::fatal(
                             sqlstate::IDLE_SESSION_TIMEOUT,
                             "terminating connection due to idle-session timeout (pgward timeouts.idle_secs)",
                         );
-                        let _ = w.write_all(&err.to_bytes()).await;
-                        let _ = w.flush().await;
+                        say_farewell(farewell, err.to_bytes().to_vec());
                         return RelayEnd::IdleTimeout;
                     }
                 }
@@ -380,8 +387,7 @@ fn admin_shutdown_error() -> Vec<u8> {
 /// frame is streaming, the backend side cuts at its end and sends it.
 async fn close_for_shutdown(
     writer: &mut UpstreamWriter,
-    client_write: &SharedClientWriter,
-    backend_mid_frame: &AtomicBool,
+    (client_at_boundary, farewell): (&AtomicBool, &Farewell),
     cut_at_boundary: &AtomicBool,
     upstream_at_boundary: bool,
 ) -> RelayEnd {
@@ -389,15 +395,14 @@ async fn close_for_shutdown(
         let _ = writer.write_all(b"X\0\0\0\x04").await;
         let _ = writer.flush().await;
     }
-    {
-        let mut w = client_write.lock().await;
-        if !backend_mid_frame.load(Ordering::Acquire) {
-            let _ = w.write_all(&admin_shutdown_error()).await;
-            let _ = w.flush().await;
-            return RelayEnd::Shutdown;
-        }
-        cut_at_boundary.store(true, Ordering::Release);
+    // The backend side is parked at an await (both sides run in one task):
+    // between frames it stays there and the relay sends the 57P01; inside
+    // a frame or a write it finishes and cuts at the frame's end.
+    if client_at_boundary.load(Ordering::Acquire) {
+        say_farewell(farewell, admin_shutdown_error());
+        return RelayEnd::Shutdown;
     }
+    cut_at_boundary.store(true, Ordering::Release);
     // The relay ends when the backend side has cut; this is the backstop
     // for a server that stops sending in the middle of a frame.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -432,10 +437,10 @@ async fn queue_audit_events(seams: &Mutex<SessionSeams>, audit: &crate::audit::A
 
 async fn pump_backend(
     mut reader: UpstreamReader,
-    client_write: &SharedClientWriter,
+    client_write: &mut ClientWriter,
     mut buf: BytesMut,
     seams: &Mutex<SessionSeams>,
-    backend_mid_frame: &AtomicBool,
+    client_at_boundary: &AtomicBool,
     traffic: &Traffic,
     (draining, ready_seen, cut_at_boundary): (&AtomicBool, &Notify, &AtomicBool),
 ) -> RelayEnd {
@@ -489,33 +494,31 @@ async fn pump_backend(
             }
         }
         if start < pos {
-            let mut w = client_write.lock().await;
+            client_at_boundary.store(false, Ordering::Release);
             let mut result = Ok(());
             for (from, to, bytes) in &replaced {
-                result = write_pair(&mut *w, &buf[start..*from], bytes).await;
+                result = write_pair(client_write, &buf[start..*from], bytes).await;
                 if result.is_err() {
                     break;
                 }
                 start = *to;
             }
             if result.is_ok() {
-                result = write_flush(&mut *w, &buf[start..pos]).await;
+                result = write_flush(client_write, &buf[start..pos]).await;
             }
-            backend_mid_frame.store(passthrough > 0, Ordering::Release);
-            drop(w);
             if let Err(e) = result {
                 return RelayEnd::ClientIo(e);
             }
             traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
             metrics().client_bytes_sent.inc_by(pos as u64);
+            client_at_boundary.store(passthrough == 0, Ordering::Release);
             if saw_ready && draining.load(Ordering::Relaxed) {
                 ready_seen.notify_one();
             }
         }
         if passthrough == 0 && cut_at_boundary.load(Ordering::Acquire) {
-            let mut w = client_write.lock().await;
-            let _ = w.write_all(&admin_shutdown_error()).await;
-            let _ = w.flush().await;
+            let _ = client_write.write_all(&admin_shutdown_error()).await;
+            let _ = client_write.flush().await;
             return RelayEnd::Shutdown;
         }
         buf.advance(pos);
