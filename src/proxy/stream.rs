@@ -61,9 +61,9 @@ pub enum ClientWriter {
 }
 
 impl ClientStream {
-    /// Split for the relay. The relay reads and writes each socket from
-    /// two places at every round trip; `tokio::io::split` would take a
-    /// lock on every one of those calls, where a socket needs none.
+    /// Split for the relay: one direction reads the socket, the other
+    /// writes it, at every round trip. `tokio::io::split` would take a lock
+    /// on each of those calls, where a socket's halves need none.
     pub fn into_split(self) -> (ClientReader, ClientWriter) {
         match self {
             ClientStream::Plain(s) => {
