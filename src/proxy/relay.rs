@@ -124,8 +124,9 @@ pub async fn relay(
     let (server_read, server_write) = server.into_split();
     // Only the backend side writes to the client while the relay runs.
     // It keeps `client_at_boundary` true while no write is under way and
-    // no frame is half sent; a closing frontend side leaves its last
-    // message in `farewell`, sent after the relay only at such a boundary.
+    // no frame is half sent; the side that closes the session leaves its
+    // last message in `farewell`, sent after the relay only at such a
+    // boundary.
     let client_at_boundary = AtomicBool::new(true);
     let farewell = Mutex::new(None);
     // While draining, the backend side wakes the frontend side at each
@@ -134,8 +135,8 @@ pub async fn relay(
     let ready_seen = Notify::new();
     let draining = AtomicBool::new(*shutdown.borrow() == Phase::Draining);
     // Set by the frontend side when it closes the session while the backend
-    // side is inside a frame: the backend side then cuts at the next frame
-    // boundary and sends the 57P01 itself.
+    // side is inside a frame: the backend side then stops at the next frame
+    // boundary and leaves the 57P01 in `farewell` itself.
     let cut_at_boundary = AtomicBool::new(false);
 
     let end = {
@@ -155,7 +156,7 @@ pub async fn relay(
             &mut client_write,
             server_pending,
             seams,
-            &client_at_boundary,
+            (&client_at_boundary, &farewell),
             traffic,
             (&draining, &ready_seen, &cut_at_boundary),
         ));
@@ -174,7 +175,7 @@ pub async fn relay(
 /// How long the last message to a closing client may wait for room.
 const FAREWELL_WAIT: Duration = Duration::from_secs(5);
 
-/// Where a closing frontend side leaves its message to the client.
+/// Where the side closing the session leaves its last message to the client.
 type Farewell = Mutex<Option<Vec<u8>>>;
 
 fn say_farewell(farewell: &Farewell, bytes: Vec<u8>) {
@@ -384,7 +385,7 @@ fn admin_shutdown_error() -> Vec<u8> {
 
 /// End a session for a shutdown: Terminate upstream (when between frames
 /// there), then 57P01 to the client — only between backend frames: if a
-/// frame is streaming, the backend side cuts at its end and sends it.
+/// frame is streaming, the backend side stops at its end first.
 async fn close_for_shutdown(
     writer: &mut UpstreamWriter,
     (client_at_boundary, farewell): (&AtomicBool, &Farewell),
@@ -396,8 +397,8 @@ async fn close_for_shutdown(
         let _ = writer.flush().await;
     }
     // The backend side is parked at an await (both sides run in one task):
-    // between frames it stays there and the relay sends the 57P01; inside
-    // a frame or a write it finishes and cuts at the frame's end.
+    // between frames it stays there; inside a frame or a write it finishes
+    // and stops at the frame's end. Either way the relay sends the 57P01.
     if client_at_boundary.load(Ordering::Acquire) {
         say_farewell(farewell, admin_shutdown_error());
         return RelayEnd::Shutdown;
@@ -440,7 +441,7 @@ async fn pump_backend(
     client_write: &mut ClientWriter,
     mut buf: BytesMut,
     seams: &Mutex<SessionSeams>,
-    client_at_boundary: &AtomicBool,
+    (client_at_boundary, farewell): (&AtomicBool, &Farewell),
     traffic: &Traffic,
     (draining, ready_seen, cut_at_boundary): (&AtomicBool, &Notify, &AtomicBool),
 ) -> RelayEnd {
@@ -517,8 +518,8 @@ async fn pump_backend(
             }
         }
         if passthrough == 0 && cut_at_boundary.load(Ordering::Acquire) {
-            let _ = client_write.write_all(&admin_shutdown_error()).await;
-            let _ = client_write.flush().await;
+            // Everything read so far is written: the relay sends the 57P01.
+            say_farewell(farewell, admin_shutdown_error());
             return RelayEnd::Shutdown;
         }
         buf.advance(pos);
