@@ -278,9 +278,8 @@ fn set_config_calls(text: &str) -> usize {
 /// Whether `text` spells `set_config` in any letter case. Anchored on the
 /// `_`, which is rare in SQL text, so the usual statement is one byte scan.
 fn mentions_set_config(text: &[u8]) -> bool {
-    text.iter().enumerate().any(|(i, &c)| {
-        c == b'_'
-            && i >= 3
+    memchr::memchr_iter(b'_', text).any(|i| {
+        i >= 3
             && text[i - 3..i].eq_ignore_ascii_case(b"set")
             && text
                 .get(i + 1..i + 7)

@@ -192,11 +192,20 @@ fn is_op_char(b: u8) -> bool {
 /// Words that, between operands, extend an expression chain without
 /// parentheses (see [`MAX_OPERATORS`]).
 fn is_chain_keyword(word: &str) -> bool {
-    [
-        "and", "or", "not", "is", "collate", "at", "like", "ilike", "between", "similar", "in",
-    ]
-    .iter()
-    .any(|k| word.eq_ignore_ascii_case(k))
+    // Called for every word: dispatch on the first letter so a column or
+    // table name is usually rejected by one comparison.
+    let candidates: &[&str] = match word.as_bytes().first().map(u8::to_ascii_lowercase) {
+        Some(b'a') => &["and", "at"],
+        Some(b'o') => &["or"],
+        Some(b'n') => &["not"],
+        Some(b'i') => &["is", "in", "ilike"],
+        Some(b'c') => &["collate"],
+        Some(b'l') => &["like"],
+        Some(b'b') => &["between"],
+        Some(b's') => &["similar"],
+        _ => return false,
+    };
+    candidates.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Lex `sql` the way Postgres does. See the module docs.
@@ -705,6 +714,27 @@ pub fn normalized_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_keywords_in_any_case_and_nothing_else() {
+        for k in [
+            "and", "OR", "Not", "is", "COLLATE", "at", "like", "ILike", "between", "similar", "in",
+        ] {
+            assert!(is_chain_keyword(k), "{k}");
+        }
+        for w in [
+            "",
+            "a",
+            "andy",
+            "pgbench_accounts",
+            "islike",
+            "_and",
+            "ior",
+            "select",
+        ] {
+            assert!(!is_chain_keyword(w), "{w}");
+        }
+    }
 
     fn split(sql: &str) -> Vec<String> {
         let l = lex(sql, LexOptions::default()).expect("lex");

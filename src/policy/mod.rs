@@ -137,8 +137,10 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evaluation {
     /// One entry per statement (EXECUTE of a known prepared statement
-    /// carries the prepared body's facts, with kind Execute).
-    pub statements: Vec<StatementFacts>,
+    /// carries the prepared body's facts, with kind Execute). Shared with
+    /// the facts cache when the text was classified before: a driver that
+    /// parses the same text before every Execute costs no copy.
+    pub statements: Arc<Vec<StatementFacts>>,
     pub verdict: Verdict,
 }
 
@@ -266,10 +268,9 @@ impl Policy {
             .iter()
             .any(|f| f.execute.is_some() || f.prepare.is_some())
         {
-            resolve_prepared(&facts, prepared)
+            Arc::new(resolve_prepared(&facts, prepared))
         } else {
-            // A template instance is ours alone: no copy.
-            Arc::try_unwrap(facts).unwrap_or_else(|shared| (*shared).clone())
+            facts
         };
         let mut verdict = self.decide(&statements, scope);
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
@@ -339,7 +340,7 @@ impl Policy {
         if matches!(evaluation.verdict, Verdict::Block(_)) {
             return;
         }
-        for f in &evaluation.statements {
+        for f in evaluation.statements.iter() {
             if let Some((name, body)) = &f.prepare {
                 registry.record_prepare(name, (**body).clone());
             }
@@ -364,7 +365,7 @@ impl Policy {
         reason: &str,
         scope: &SessionScope,
     ) -> Evaluation {
-        let statements = vec![StatementFacts::unparsed(text, reason.to_string())];
+        let statements = Arc::new(vec![StatementFacts::unparsed(text, reason.to_string())]);
         let verdict = self.decide(&statements, scope);
         Evaluation {
             statements,
@@ -409,7 +410,7 @@ impl Policy {
             }
         }
         Evaluation {
-            statements: Vec::new(),
+            statements: Arc::default(),
             verdict: self.combine(&[findings]),
         }
     }

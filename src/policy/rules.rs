@@ -196,10 +196,45 @@ impl Scope {
     }
 }
 
+/// Which built-in check a rule runs, resolved from its id once at compile
+/// time so matching a statement compares no strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Builtin {
+    ContextSpoofing,
+    Truncate,
+    DeleteWithoutWhere,
+    UpdateWithoutWhere,
+    TautologicalWhere,
+    Drop,
+    DynamicSql,
+    Unparsed,
+    /// Decided on FunctionCall messages only; matches no statement.
+    FunctionCall,
+}
+
+impl Builtin {
+    fn of(id: &str) -> Option<Builtin> {
+        Some(match id {
+            "context_spoofing" => Builtin::ContextSpoofing,
+            "truncate" => Builtin::Truncate,
+            "delete_without_where" => Builtin::DeleteWithoutWhere,
+            "update_without_where" => Builtin::UpdateWithoutWhere,
+            "tautological_where" => Builtin::TautologicalWhere,
+            "drop" => Builtin::Drop,
+            "dynamic_sql" => Builtin::DynamicSql,
+            "unparsed" => Builtin::Unparsed,
+            "function_call" => Builtin::FunctionCall,
+            _ => return None,
+        })
+    }
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
+    /// `None` for custom rules.
+    builtin: Option<Builtin>,
     pub action: Action,
     pub message: Option<String>,
     pub hint: String,
@@ -268,6 +303,7 @@ impl RuleSet {
             let c = c.clone().unwrap_or_default();
             rules.push(Rule {
                 id: id.to_string(),
+                builtin: Builtin::of(id),
                 action: c.action.unwrap_or(default_action),
                 message: c.message.clone(),
                 hint: c.hint.clone().unwrap_or(default_hint),
@@ -298,10 +334,9 @@ impl RuleSet {
             if !rule.scope.applies(s) {
                 continue;
             }
-            let hit = if rule.id == "context_spoofing" {
-                self.context.spoofing(f, &s.identity)
-            } else {
-                self.matches(rule, f)
+            let hit = match rule.builtin {
+                Some(Builtin::ContextSpoofing) => self.context.spoofing(f, &s.identity),
+                _ => self.matches(rule, f),
             };
             if let Some((what, detail)) = hit {
                 out.push(Finding {
@@ -328,7 +363,7 @@ impl RuleSet {
     /// Does `rule` match `f`? Returns (WHAT, detail).
     fn matches(&self, rule: &Rule, f: &StatementFacts) -> Option<(String, String)> {
         if f.unparsed.is_some() {
-            return (rule.id == "unparsed").then(|| {
+            return (rule.builtin == Some(Builtin::Unparsed)).then(|| {
                 (
                     "unparseable statement".to_string(),
                     format!(
@@ -341,8 +376,8 @@ impl RuleSet {
         if let Some(c) = &rule.custom {
             return self.custom_matches(c, f);
         }
-        match rule.id.as_str() {
-            "truncate" => {
+        match rule.builtin? {
+            Builtin::Truncate => {
                 let runs = f.executed_kinds.contains(&StatementKind::Truncate);
                 (runs || !f.truncated.is_empty()).then(|| {
                     (
@@ -351,8 +386,8 @@ impl RuleSet {
                     )
                 })
             }
-            "delete_without_where" | "update_without_where" => {
-                let want_delete = rule.id == "delete_without_where";
+            b @ (Builtin::DeleteWithoutWhere | Builtin::UpdateWithoutWhere) => {
+                let want_delete = b == Builtin::DeleteWithoutWhere;
                 f.modifications
                     .iter()
                     .find(|m| m.op.is_delete() == want_delete && m.filter == Filter::Missing)
@@ -368,7 +403,7 @@ impl RuleSet {
                         )
                     })
             }
-            "tautological_where" => f
+            Builtin::TautologicalWhere => f
                 .modifications
                 .iter()
                 .find(|m| m.filter == Filter::Tautology)
@@ -383,7 +418,7 @@ impl RuleSet {
                         ),
                     )
                 }),
-            "drop" => {
+            Builtin::Drop => {
                 let guarded = |k: &ObjectKind| {
                     matches!(
                         k,
@@ -409,13 +444,13 @@ impl RuleSet {
                     format!("DROP {} {}", kind.sql(), names(&objs)),
                 ))
             }
-            "dynamic_sql" => f.dynamic_sql.then(|| {
+            Builtin::DynamicSql => f.dynamic_sql.then(|| {
                 (
                     format!("dynamic SQL ({})", f.kind.sql()),
                     format!("{} contains code pgward cannot check", f.kind.sql()),
                 )
             }),
-            _ => None,
+            Builtin::ContextSpoofing | Builtin::Unparsed | Builtin::FunctionCall => None,
         }
     }
 
@@ -533,6 +568,7 @@ fn compile_custom(c: &CustomRuleConfig, existing: &[Rule]) -> Result<Rule, Polic
     }
     Ok(Rule {
         id: c.id.clone(),
+        builtin: None,
         action: c.action,
         message: c.message.clone(),
         hint: c

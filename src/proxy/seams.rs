@@ -344,7 +344,7 @@ impl SessionSeams {
                     // Refused in-band like a blocked Parse: a failing named
                     // Parse creates nothing and fails the group here.
                     let eval = Evaluation {
-                        statements: Vec::new(),
+                        statements: Default::default(),
                         verdict: Verdict::Block(block),
                     };
                     return self.apply_verdict(&eval, |t| parse_frame(t, t), query_frame);

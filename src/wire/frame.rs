@@ -83,7 +83,7 @@ pub fn parse_header(buf: &[u8], limit: usize) -> Result<Option<Header>, FrameErr
 
 /// Split a NUL-terminated string off the front of `body`.
 pub fn read_cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = body.iter().position(|&b| b == 0)?;
+    let end = memchr::memchr(0, body)?;
     Some((&body[..end], &body[end + 1..]))
 }
 
