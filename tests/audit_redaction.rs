@@ -8,7 +8,7 @@ mod corpus;
 
 use corpus::{unescape, CORPUS};
 use pgward::audit::redact::{redact, PolicyTokens};
-use pgward::policy::{LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope};
+use pgward::policy::{FactsMemo, LexOptions, Policy, PolicyConfig, PreparedRegistry, SessionScope};
 
 fn texts() -> Vec<String> {
     let mut out: Vec<String> = CORPUS
@@ -55,6 +55,7 @@ fn check(p: &Policy, sql: &str, opts: LexOptions) -> usize {
         &SessionScope::default(),
         opts,
         &PreparedRegistry::new(),
+        &mut FactsMemo::new(),
     );
     let Some(lexed) = lexed else { return 0 };
     let tokens = PolicyTokens {
@@ -124,6 +125,7 @@ fn template_hits_hand_over_tokens_and_exact_hits_do_not() {
         &SessionScope::default(),
         opts,
         &PreparedRegistry::new(),
+        &mut FactsMemo::new(),
     );
     assert!(lexed.is_none());
 }
@@ -138,6 +140,7 @@ fn tokens_of_another_text_are_refused() {
         &SessionScope::default(),
         opts,
         &PreparedRegistry::new(),
+        &mut FactsMemo::new(),
     );
     let lexed = lexed.expect("first evaluation lexes");
     let tokens = PolicyTokens {

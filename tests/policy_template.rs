@@ -9,7 +9,7 @@ mod corpus;
 use corpus::{unescape, CORPUS};
 use pgward::policy::classify::classify;
 use pgward::policy::lexer::{self, lex, LexOptions, TokenKind};
-use pgward::policy::{template, Policy, PolicyConfig, PreparedRegistry, SessionScope};
+use pgward::policy::{template, FactsMemo, Policy, PolicyConfig, PreparedRegistry, SessionScope};
 
 /// Replacement literals chosen to trip folding and parsing: booleans as
 /// strings, zero/one, huge numbers, quotes, backslashes, unicode.
@@ -119,5 +119,41 @@ fn cached_verdicts_equal_fresh_verdicts() {
             assert_eq!(a.verdict, b.verdict, "{text:?}");
             assert_eq!(a.statements, b.statements, "{text:?}");
         }
+    }
+}
+
+/// A session's memo (the last exact text, the last template instance)
+/// answers exactly what a fresh policy would, including each instance's own
+/// text, whether the previous instance is still held or was released.
+#[test]
+fn a_session_memo_answers_what_a_fresh_policy_would() {
+    let cached = Policy::from_config(&PolicyConfig::default()).unwrap();
+    let scope = SessionScope::default();
+    let reg = PreparedRegistry::new();
+    let opts = LexOptions::default();
+    let mut memo = FactsMemo::new();
+    let mut held = Vec::new();
+    for sql in statements() {
+        for i in 0..4 {
+            let text = if i % 2 == 0 {
+                sql.clone()
+            } else {
+                mutate(&sql, i).unwrap_or(sql.clone())
+            };
+            let fresh = Policy::from_config(&PolicyConfig::default()).unwrap();
+            let (a, _) = cached.evaluate_lexed(&text, &scope, opts, &reg, &mut memo);
+            let b = fresh.evaluate(&text, &scope, opts, &reg);
+            assert_eq!(a.verdict, b.verdict, "{text:?}");
+            assert_eq!(a.statements, b.statements, "{text:?}");
+            if i == 1 {
+                held.push((text, a));
+            }
+        }
+    }
+    // What was held was never relabelled behind its holder's back.
+    let fresh = Policy::from_config(&PolicyConfig::default()).unwrap();
+    for (text, a) in &held {
+        let again = fresh.evaluate(text, &scope, opts, &reg);
+        assert_eq!(a.statements, again.statements, "{text:?}");
     }
 }

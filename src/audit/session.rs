@@ -1092,7 +1092,13 @@ mod tests {
         let opts = LexOptions::default();
         // The statements of `sql` as audited, and as described from scratch.
         let query = |a: &mut SessionAudit, sql: &str| {
-            let (eval, lexed) = policy.evaluate_lexed(sql, &scope, opts, &registry);
+            let (eval, lexed) = policy.evaluate_lexed(
+                sql,
+                &scope,
+                opts,
+                &registry,
+                &mut crate::policy::FactsMemo::new(),
+            );
             let lexed = lexed.unwrap_or_else(|| crate::policy::lexer::lex(sql, opts).unwrap());
             let tokens = PolicyTokens {
                 sql,

@@ -47,6 +47,11 @@ impl FactsCache {
         }
     }
 
+    /// Whether caching is on (`cache_entries` > 0).
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
     pub fn get(&self, sql: &str, scs: bool) -> Option<Entry> {
         if self.capacity == 0 || sql.len() > MAX_CACHED_SQL_BYTES {
             return None;

@@ -29,6 +29,7 @@ pub mod context;
 pub mod facts;
 pub mod fold;
 pub mod lexer;
+pub mod memo;
 pub mod quote;
 pub mod rules;
 pub mod soft_delete;
@@ -48,6 +49,7 @@ pub use facts::{
 pub use lexer::LexOptions;
 
 use cache::FactsCache;
+pub use memo::FactsMemo;
 use rules::{Finding, RuleSet};
 
 /// Errors building a [`Policy`] from configuration.
@@ -250,20 +252,23 @@ impl Policy {
         lex: LexOptions,
         prepared: &PreparedRegistry,
     ) -> Evaluation {
-        self.evaluate_lexed(sql, scope, lex, prepared).0
+        self.evaluate_lexed(sql, scope, lex, prepared, &mut FactsMemo::new())
+            .0
     }
 
     /// [`Policy::evaluate`], also handing back the tokens of `sql` when
     /// this call lexed it (an exact-text cache hit does not), so the audit
-    /// can redact the text without lexing it a second time.
+    /// can redact the text without lexing it a second time. `memo` is the
+    /// session's (see [`FactsMemo`]).
     pub fn evaluate_lexed(
         &self,
         sql: &str,
         scope: &SessionScope,
         lex: LexOptions,
         prepared: &PreparedRegistry,
+        memo: &mut FactsMemo,
     ) -> (Evaluation, Option<lexer::Lexed>) {
-        let (facts, lexed) = self.facts(sql, lex);
+        let (facts, lexed) = self.facts(sql, lex, memo);
         let statements = if facts
             .iter()
             .any(|f| f.execute.is_some() || f.prepare.is_some())
@@ -458,9 +463,21 @@ impl Policy {
         &self,
         sql: &str,
         lex: LexOptions,
+        memo: &mut FactsMemo,
     ) -> (Arc<Vec<StatementFacts>>, Option<lexer::Lexed>) {
         let scs = lex.standard_conforming_strings;
+        // `cache_entries = 0` turns off the session memo too.
+        let mut scratch = FactsMemo::new();
+        let memo = if self.cache.enabled() {
+            memo
+        } else {
+            &mut scratch
+        };
+        if let Some(hit) = memo.exact(sql, scs) {
+            return (hit, None);
+        }
         if let Some(hit) = self.cache.get(sql, scs) {
+            memo.remember_exact(sql, scs, &hit);
             return (hit, None);
         }
         // Plain reads with inlined literals: one entry per shape, not per
@@ -468,18 +485,26 @@ impl Policy {
         // an unlexable text simply takes the exact path.
         let lexed = lexer::lex(sql, lex).ok();
         let template_key = lexed.as_ref().and_then(|l| template::key(sql, l));
-        if let (Some(key), Some(l)) = (&template_key, &lexed) {
+        if let (Some(key), Some(l)) = (template_key.as_deref(), &lexed) {
+            if let Some(facts) = memo.instance(key, scs, sql, l) {
+                return (facts, lexed);
+            }
             if let Some(t) = self.templates.get(key, scs) {
                 let facts = Arc::new(template::instantiate(&t, sql, l));
+                memo.remember_template(key.to_string(), scs, &facts);
                 return (facts, lexed);
             }
         }
         let facts = Arc::new(classify::classify_with(sql, lex));
         match template_key {
             Some(key) if template::literal_insensitive(&facts) => {
-                self.templates.put(&key, scs, facts.clone())
+                self.templates.put(&key, scs, facts.clone());
+                memo.remember_template(key, scs, &facts);
             }
-            _ => self.cache.put(sql, scs, facts.clone()),
+            _ => {
+                self.cache.put(sql, scs, facts.clone());
+                memo.remember_exact(sql, scs, &facts);
+            }
         }
         (facts, lexed)
     }

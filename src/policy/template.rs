@@ -78,10 +78,17 @@ pub fn literal_insensitive(facts: &[StatementFacts]) -> bool {
 /// The cached template facts, re-labelled with this instance's text.
 pub fn instantiate(template: &[StatementFacts], sql: &str, lexed: &Lexed) -> Vec<StatementFacts> {
     let mut facts = template.to_vec();
-    if let (Some(f), [stmt]) = (facts.first_mut(), lexed.statements.as_slice()) {
-        f.text = sql[stmt.bytes.clone()].to_string();
-    }
+    relabel(&mut facts, sql, lexed);
     facts
+}
+
+/// Give facts of the template this instance's text, reusing the text's
+/// buffer.
+pub fn relabel(facts: &mut [StatementFacts], sql: &str, lexed: &Lexed) {
+    if let (Some(f), [stmt]) = (facts.first_mut(), lexed.statements.as_slice()) {
+        f.text.clear();
+        f.text.push_str(&sql[stmt.bytes.clone()]);
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ use crate::admin::metrics::metrics;
 use crate::audit::redact::PolicyTokens;
 use crate::audit::session::SessionAudit;
 use crate::policy::lexer::Lexed;
-use crate::policy::{Evaluation, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict};
+use crate::policy::{
+    Evaluation, FactsMemo, LexOptions, Policy, PreparedRegistry, SessionScope, Verdict,
+};
 use crate::wire::errors::PgError;
 use crate::wire::frame::{self, backend, frontend};
 
@@ -71,6 +73,8 @@ pub struct SessionSeams {
     policy: PolicySource,
     pub scope: SessionScope,
     prepared: PreparedRegistry,
+    /// The statement classified last (see [`FactsMemo`]).
+    facts_memo: FactsMemo,
     /// Transaction status from the last ReadyForQuery: `I`, `T` or `E`.
     pub transaction_status: u8,
     /// The server's current ParameterStatus values.
@@ -109,6 +113,7 @@ impl SessionSeams {
             policy,
             scope,
             prepared: PreparedRegistry::new(),
+            facts_memo: FactsMemo::new(),
             transaction_status: b'I',
             server_params: HashMap::new(),
             statements: 0,
@@ -192,7 +197,7 @@ impl SessionSeams {
     /// Evaluate a Query/Parse text; also the policy's tokens of it when
     /// it lexed them (the audit redacts from those).
     fn evaluate_text(
-        &self,
+        &mut self,
         policy: &Policy,
         decoded: Result<&str, &'static str>,
         raw: &[u8],
@@ -201,7 +206,13 @@ impl SessionSeams {
         let (eval, lexed) = match decoded {
             Ok(sql) => match self.unsafe_encoding(sql) {
                 Some(reason) => (policy.evaluate_unreadable(sql, &reason, &self.scope), None),
-                None => policy.evaluate_lexed(sql, &self.scope, self.lex_options(), &self.prepared),
+                None => policy.evaluate_lexed(
+                    sql,
+                    &self.scope,
+                    self.lex_options(),
+                    &self.prepared,
+                    &mut self.facts_memo,
+                ),
             },
             Err(reason) => {
                 let lossy = String::from_utf8_lossy(raw);
