@@ -765,7 +765,11 @@ mod tests {
         for b in 0..=255u8 {
             let ident_start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
             assert_eq!(is_ident_start(b), ident_start, "{b}");
-            assert_eq!(is_ident_cont(b), ident_start || b.is_ascii_digit() || b == b'$', "{b}");
+            assert_eq!(
+                is_ident_cont(b),
+                ident_start || b.is_ascii_digit() || b == b'$',
+                "{b}"
+            );
             assert_eq!(is_dolq_cont(b), ident_start || b.is_ascii_digit(), "{b}");
             assert_eq!(is_space(b), b" \t\n\r\x0c\x0b".contains(&b), "{b}");
             assert_eq!(is_op_char(b), b"~!@#^&|`?+-*/%<>=".contains(&b), "{b}");

@@ -510,6 +510,10 @@ impl Policy {
     }
 
     fn decide(&self, statements: &[StatementFacts], scope: &SessionScope) -> Verdict {
+        if let [f] = statements {
+            // The usual case: no list of lists to allocate.
+            return self.combine(&[self.rules.findings(f, scope)]);
+        }
         let per_stmt: Vec<Vec<Finding>> = statements
             .iter()
             .map(|f| self.rules.findings(f, scope))

@@ -175,10 +175,12 @@ impl Scope {
     /// Does the rule apply to this session? Every non-empty inclusion list
     /// must match, and no exclusion list may match. A session without a
     /// client address (unix socket) matches no CIDR.
+    #[inline]
     pub fn applies(&self, s: &SessionScope) -> bool {
-        if self.universal {
-            return true;
-        }
+        self.universal || self.listed(s)
+    }
+
+    fn listed(&self, s: &SessionScope) -> bool {
         let any = |pats: &[String], v: &str| pats.iter().any(|p| glob(p, v));
         let ip_in = |c: &[Cidr]| {
             s.client_addr

@@ -196,13 +196,15 @@ impl SessionSeams {
 
     /// Evaluate a Query/Parse text; also the policy's tokens of it when
     /// it lexed them (the audit redacts from those).
+    /// Evaluate a Query or Parse text; `started` (the frame's arrival) is
+    /// when the evaluation's time starts, which saves a clock read.
     fn evaluate_text(
         &mut self,
         policy: &Policy,
         decoded: Result<&str, &'static str>,
         raw: &[u8],
+        started: Instant,
     ) -> (Evaluation, Option<Lexed>) {
-        let started = Instant::now();
         let (eval, lexed) = match decoded {
             Ok(sql) => match self.unsafe_encoding(sql) {
                 Some(reason) => (policy.evaluate_unreadable(sql, &reason, &self.scope), None),
@@ -271,7 +273,7 @@ impl SessionSeams {
                 let group = self.sync_points_sent + 1;
                 self.retag.activate(policy.has_soft_delete(), group, false);
                 let text = frame::query_text(body);
-                let (mut eval, lexed) = self.evaluate_text(&policy, text, body);
+                let (mut eval, lexed) = self.evaluate_text(&policy, text, body, now);
                 let tokens = match (text, &lexed) {
                     (Ok(sql), Some(l)) => Some(self.policy_tokens(sql, l)),
                     _ => None,
@@ -294,12 +296,13 @@ impl SessionSeams {
                     .activate(policy.has_soft_delete(), self.sync_points_sent + 1, false);
                 let parsed = frame::parse_text(body);
                 let (name, (eval, lexed)) = match parsed {
-                    Ok((name, sql)) => {
-                        (name.to_string(), self.evaluate_text(&policy, Ok(sql), body))
-                    }
+                    Ok((name, sql)) => (
+                        name.to_string(),
+                        self.evaluate_text(&policy, Ok(sql), body, now),
+                    ),
                     Err(reason) => (
                         String::new(),
-                        self.evaluate_text(&policy, Err(reason), body),
+                        self.evaluate_text(&policy, Err(reason), body, now),
                     ),
                 };
                 let tokens = match (parsed, &lexed) {
