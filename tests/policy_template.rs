@@ -157,3 +157,30 @@ fn a_session_memo_answers_what_a_fresh_policy_would() {
         assert_eq!(a.statements, again.statements, "{text:?}");
     }
 }
+
+/// `cache_entries = 0` turns the session memo off too: every evaluation
+/// classifies (and so lexes) its text again.
+#[test]
+fn without_a_cache_the_memo_answers_nothing() {
+    let scope = SessionScope::default();
+    let reg = PreparedRegistry::new();
+    let opts = LexOptions::default();
+    let sql = "UPDATE t SET a = 1 WHERE id = 2";
+    let lexes = |cfg: &PolicyConfig| {
+        let p = Policy::from_config(cfg).unwrap();
+        let mut memo = FactsMemo::new();
+        (0..3)
+            .map(|_| {
+                p.evaluate_lexed(sql, &scope, opts, &reg, &mut memo)
+                    .1
+                    .is_some()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lexes(&PolicyConfig::default()), [true, false, false]);
+    let uncached = PolicyConfig {
+        cache_entries: 0,
+        ..PolicyConfig::default()
+    };
+    assert_eq!(lexes(&uncached), [true, true, true]);
+}

@@ -213,11 +213,21 @@ impl Metrics {
     /// The `pgward_statements_total` child for a verdict index (into
     /// [`VERDICTS`]) and an audit class name.
     pub fn statement(&self, verdict: usize, class: &str) -> &IntCounter {
+        &self.statement_children[Self::statement_index(verdict, class)]
+    }
+
+    /// Where the (verdict, class) child sits in [`Self::statement_counters`].
+    pub fn statement_index(verdict: usize, class: &str) -> usize {
         let c = CLASSES
             .iter()
             .position(|x| *x == class)
             .unwrap_or(CLASSES.len() - 1);
-        &self.statement_children[verdict.min(VERDICTS.len() - 1) * CLASSES.len() + c]
+        verdict.min(VERDICTS.len() - 1) * CLASSES.len() + c
+    }
+
+    /// Every child of `pgward_statements_total`, by [`Self::statement_index`].
+    pub fn statement_counters(&self) -> &[IntCounter] {
+        &self.statement_children
     }
 
     /// Prometheus text exposition format.

@@ -63,6 +63,11 @@ impl FactsCache {
         if let Some(e) = g.young.get(sql) {
             return Some(e.clone());
         }
+        // `remove_entry` hashes the text even when the map is empty, and the
+        // old generation stays empty until the young one first fills up.
+        if g.old.is_empty() {
+            return None;
+        }
         let (key, e) = g.old.remove_entry(sql)?;
         Self::insert_locked(g, self.capacity, key, e.clone());
         Some(e)

@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 
+use crate::admin::loop_metrics;
+
 /// `PGWARD_WORKER_THREADS=N` sets the number of loops; the default is one
 /// per core.
 pub const THREADS_ENV: &str = "PGWARD_WORKER_THREADS";
@@ -88,8 +90,20 @@ impl SessionLoops {
 }
 
 fn start_loop(i: usize) -> std::io::Result<Loop> {
+    let handle = runtime_thread(format!("pgward-loop-{i}"))?;
+    // The loop's sessions count per-message metrics on this thread's shard
+    // (see `admin::loop_metrics`); add it to the shared metrics regularly.
+    handle.spawn(async {
+        loop_metrics::install();
+        let mut tick = tokio::time::interval(loop_metrics::FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            loop_metrics::flush();
+        }
+    });
     Ok(Loop {
-        handle: runtime_thread(format!("pgward-loop-{i}"))?,
+        handle,
         sessions: Arc::new(AtomicUsize::new(0)),
     })
 }

@@ -22,7 +22,7 @@ use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
 };
 use super::Phase;
-use crate::admin::metrics::metrics;
+use crate::admin::loop_metrics;
 use crate::wire::errors::{sqlstate, PgError};
 use crate::wire::frame::{self, frontend};
 
@@ -269,7 +269,7 @@ async fn pump_frontend(
             traffic
                 .from_client
                 .fetch_add((pos - start) as u64, Ordering::Relaxed);
-            metrics().client_bytes_received.inc_by((pos - start) as u64);
+            loop_metrics::client_bytes_received((pos - start) as u64);
         }
         buf.advance(pos);
         if let Some(audit) = &audit {
@@ -511,7 +511,7 @@ async fn pump_backend(
                 return RelayEnd::ClientIo(e);
             }
             traffic.from_server.fetch_add(pos as u64, Ordering::Relaxed);
-            metrics().client_bytes_sent.inc_by(pos as u64);
+            loop_metrics::client_bytes_sent(pos as u64);
             client_at_boundary.store(passthrough == 0, Ordering::Release);
             if saw_ready && draining.load(Ordering::Relaxed) {
                 ready_seen.notify_one();

@@ -26,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::retag::Retagger;
 use super::PolicySource;
+use crate::admin::loop_metrics;
 use crate::admin::metrics::metrics;
 use crate::audit::redact::PolicyTokens;
 use crate::audit::session::SessionAudit;
@@ -455,9 +456,9 @@ impl SessionSeams {
                 let now = Instant::now();
                 self.idle_since = Some(now);
                 if let Some(started) = self.in_flight.pop_front() {
-                    metrics()
-                        .query_duration_seconds
-                        .observe(now.saturating_duration_since(started).as_secs_f64());
+                    loop_metrics::query_duration(
+                        now.saturating_duration_since(started).as_secs_f64(),
+                    );
                 }
                 if !self.pending_blocks.is_empty() {
                     let settled = self.ready_received;
@@ -539,8 +540,7 @@ impl SessionSeams {
 /// Count one evaluation: verdict, class, rule hit, parse failures, time.
 fn record_evaluation(eval: &Evaluation, started: Instant) {
     let m = metrics();
-    m.policy_evaluation_seconds
-        .observe(started.elapsed().as_secs_f64());
+    loop_metrics::policy_evaluation(started.elapsed().as_secs_f64());
     let class = eval.statements.first().map_or("NONE", |s| s.class.as_str());
     let verdict = match &eval.verdict {
         Verdict::Allow => 0,
@@ -559,7 +559,7 @@ fn record_evaluation(eval: &Evaluation, started: Instant) {
             3
         }
     };
-    m.statement(verdict, class).inc();
+    loop_metrics::statement(verdict, class);
     let unparsed = eval
         .statements
         .iter()
