@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! Query text ─▶ lexer (Postgres-faithful split, ambiguity check)
-//!            ─▶ classify (sqlparser AST walk, token fallbacks) ─▶ StatementFacts   [cached by text]
+//!            ─▶ classify (sqlparser AST walk, token fallbacks) ─▶ StatementFacts   [cached by text or shape]
 //!            ─▶ EXECUTE resolution against the session's PreparedRegistry
 //!            ─▶ rules (built-in + custom, scoped by user/db/app/CIDR) ─▶ Verdict
 //! ```
@@ -20,6 +20,11 @@
 //! `p` (with the DELETE's facts) and `DEALLOCATE` / `DISCARD ALL` forget.
 //! Protocol-level named statements (Parse) share Postgres' namespace with
 //! SQL PREPARE: record them with [`PreparedRegistry::record_prepare`] too.
+//!
+//! Like the prepared statements, a session keeps a [`FactsMemo`] of the
+//! statement it classified last and passes it to
+//! [`Policy::evaluate_lexed`]: repeats are answered from it before the
+//! shared cache.
 
 pub mod builtin_functions;
 pub mod cache;
