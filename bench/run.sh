@@ -13,6 +13,7 @@
 #   SCALE [10]         pgbench -i scale
 #   COPY_ROWS [1000000] rows per COPY run;  COPY_REPS [3] runs per target (median shown)
 #   IDLE_AUTH_N [1000] authenticated idle clients;  IDLE_RAW_N [10000] pre-startup idle sockets
+#   LAT_N [20000]      iterations per protocol and layout of the interleaved latency probe
 #   MAX_LOAD [1.5] / LOAD_WAIT_SECS [600]  wait (polling every 30 s) for the 1-min load average
 #                      to drop below MAX_LOAD before measuring; LOAD_WAIT_SECS=0 skips
 #   AUDIT_ONLY=1       only the select-only workloads, only pgward and pgward-audit
@@ -30,6 +31,7 @@ COPY_ROWS=${COPY_ROWS:-1000000}
 COPY_REPS=${COPY_REPS:-3}
 IDLE_AUTH_N=${IDLE_AUTH_N:-1000}
 IDLE_RAW_N=${IDLE_RAW_N:-10000}
+LAT_N=${LAT_N:-20000}
 MAX_LOAD=${MAX_LOAD:-1.5}
 LOAD_WAIT_SECS=${LOAD_WAIT_SECS:-600}
 BASE=${BASE_PORT:-25400}   # below the ephemeral range (32768+), so churned client sockets cannot squat our ports
@@ -181,12 +183,21 @@ EOF
 "$PGWARD" check "$DIR/idle.toml" >/dev/null
 "$PGWARD" check "$DIR/audit.toml" >/dev/null
 
+# Every server runs in a session of its own, as Postgres (pg_ctl) and
+# PgBouncer (-d) do by daemonizing. With the kernel's autogroup scheduling
+# (sched_autogroup_enabled=1 here) a session is a scheduling group and CPU
+# is shared fairly between groups first: a pgward started in this script's
+# session would share one group's CPU with pgbench, while PgBouncer has a
+# group to itself. (Measured, pgbench -S c16: in the client's group pgward
+# paid 19-27 us of system time and 0.2-0.9 voluntary context switches per
+# transaction, in its own 16-18 us and 0.15-0.2, as PgBouncer.)
+# Without job control `setsid` execs in place, so $! is pgward's pid.
 # pgward A: no config file = built-in defaults (policy on).
-"$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 &
+setsid "$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 </dev/null &
 PIDS+=($!)
-"$PGWARD" run --config "$DIR/off.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-off.log" 2>&1 &
+setsid "$PGWARD" run --config "$DIR/off.toml" --listen "127.0.0.1:$PWB" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-off.log" 2>&1 </dev/null &
 PIDS+=($!)
-"$PGWARD" run --config "$DIR/audit.toml" --listen "127.0.0.1:$PWAUD" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-audit.log" 2>&1 &
+setsid "$PGWARD" run --config "$DIR/audit.toml" --listen "127.0.0.1:$PWAUD" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-audit.log" 2>&1 </dev/null &
 PIDS+=($!)
 wait_sql "$PWA"
 wait_sql "$PWB"
@@ -295,6 +306,41 @@ done
 (( AUDIT_EVENTS >= AUDIT_TX )) || die "pgward-audit: $AUDIT_EVENTS statement events for $AUDIT_TX transactions"
 
 if [[ $AUDIT_ONLY != 1 ]]; then
+# ---------------------------------------------------------------- 6b. added latency, interleaved
+# pgbench at -c 1 cannot separate proxies that differ by microseconds: each
+# run measures one placement of client, proxy thread and backend on the
+# cores, and a round trip that crosses to an idle core costs tens of
+# microseconds on this VM. bench/latency.py sends every query to each target
+# in turn from one client. "one core": every process (client, Postgres with
+# all its backends, PgBouncer, pgward) pinned to the last core, so no round
+# trip crosses cores and the difference is each proxy's own path.
+# "unpinned": the scheduler's choice, new connections every 1000 queries.
+LATRES=$DIR/latency.txt
+: >"$LATRES"
+LAT_CPU=$(($(nproc) - 1))
+pin_all() { # CPU list: Postgres (postmaster and every backend), PgBouncer, pgward
+  local pm p
+  pm=$(head -1 "$DIR/data/postmaster.pid")
+  for p in "$pm" $(pgrep -P "$pm") "$(cat "$DIR/pgbouncer.pid")" "${PIDS[@]}"; do
+    taskset -a -cp "$1" "$p" >/dev/null 2>&1 || true
+  done
+}
+LAT_TARGETS=()
+for t in "${TARGETS[@]}" pgward-audit; do LAT_TARGETS+=("$t=127.0.0.1:$(port_of "$t")"); done
+for layout in "one core" unpinned; do
+  for mode in simple extended prepared; do
+    say "latency: $mode, $layout, $LAT_N iterations"
+    if [[ $layout == "one core" ]]; then
+      pin_all "$LAT_CPU"
+      taskset -c "$LAT_CPU" python3 "$ROOT/bench/latency.py" --n "$LAT_N" --mode "$mode" "${LAT_TARGETS[@]}" >"$DIR/latency.out"
+      pin_all "0-$LAT_CPU"
+    else
+      python3 "$ROOT/bench/latency.py" --n "$LAT_N" --mode "$mode" "${LAT_TARGETS[@]}" >"$DIR/latency.out"
+    fi
+    { echo "### $mode, $layout"; echo; echo '```'; cat "$DIR/latency.out"; echo '```'; echo; } >>"$LATRES"
+  done
+done
+
 # ---------------------------------------------------------------- 7. COPY
 COPYRES=$DIR/copy.tsv
 : >"$COPYRES"
@@ -361,7 +407,7 @@ idle_measure() {
 }
 start_idle_pgward() { # port
   IDLE_PORT=$1
-  "$PGWARD" run --config "$DIR/idle.toml" --listen "127.0.0.1:$IDLE_PORT" --upstream "127.0.0.1:$PGPORT" >>"$DIR/pgward-idle.log" 2>&1 &
+  setsid "$PGWARD" run --config "$DIR/idle.toml" --listen "127.0.0.1:$IDLE_PORT" --upstream "127.0.0.1:$PGPORT" >>"$DIR/pgward-idle.log" 2>&1 </dev/null &
   IDLE_PID=$!
   PIDS+=("$IDLE_PID")
   wait_sql "$IDLE_PORT"
@@ -422,6 +468,13 @@ awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
       printf "| %s | %s | %.0f | %.3f | %s | %s | %s | %s |\n", ws[w], ts[j], T, L, dl, dr, br, pr
     }
   }' "$RES"
+
+if [[ $AUDIT_ONLY != 1 ]]; then
+echo
+echo "## Added latency per query, interleaved (bench/latency.py; one client, queries alternate between targets)"
+echo
+cat "$LATRES"
+fi
 
 echo
 echo "## Audit cost (select-only; pgward-audit = default policy + every statement to a file sink, fsync = interval)"
