@@ -16,11 +16,15 @@ aid random in 1..R) in the chosen protocol:
 The time is from the first byte sent to the whole ReadyForQuery read, on
 blocking sockets (no event loop on the client side).
 
-Every K iterations (default 1000) all connections are closed and opened
-again: on a host with idle cores the scheduler's placement of the client,
-the proxy thread and the backend decides tens of microseconds per round
-trip, and it stays fixed for a connection's life, so a single connection
-measures one placement, not the proxy.
+Connections are opened once and warmed up with 2000 queries each. With
+--reconnect K they are closed and opened again every K iterations, to
+sample more placements of client, proxy thread and backend on the cores
+(on a host with idle cores that placement decides tens of microseconds per
+round trip). That charges the warm-up of a fresh backend to pgward and to
+direct but not to PgBouncer, whose session pool hands the next client the
+same warm server connection: measured pinned to one core, reconnecting
+every 1000 queries put pgward 6-7 us behind PgBouncer, long-lived
+connections 2-4 us. So the default is never (0).
 
 Prints one line per target: median, p10, p90 and p99 latency in
 microseconds, and for every target but the reference the median of the
@@ -117,7 +121,7 @@ def pct(values, p):
 
 def main():
     args = sys.argv[1:]
-    opts = {"--n": "20000", "--mode": "simple", "--rows": "1000000", "--reconnect": "1000",
+    opts = {"--n": "20000", "--mode": "simple", "--rows": "1000000", "--reconnect": "0",
             "--user": "postgres", "--database": "postgres"}
     targets = []
     while args:
@@ -144,8 +148,9 @@ def main():
                 c.sock.sendall(msg(b"P", cstr("s") + cstr(QUERY + "$1") + struct.pack("!h", 0))
                                + msg(b"S", b""))
                 c.until_ready()
-        # Warm-up: caches, the policy's statement cache, TCP windows.
-        for _ in range(50):
+        # Warm-up: the backend's caches and memory, the policy's statement
+        # cache, TCP windows.
+        for _ in range(2000):
             for c in conns:
                 c.timed(payload(mode, rng.randint(1, rows)))
         return conns
@@ -153,7 +158,7 @@ def main():
     conns = None
     lat = [[] for _ in targets]
     for i in range(n):
-        if i % reconnect == 0:
+        if conns is None or (reconnect and i % reconnect == 0):
             for c in conns or []:
                 c.sock.sendall(msg(b"X", b""))
                 c.sock.close()
@@ -163,8 +168,8 @@ def main():
         for j in list(range(k, len(conns))) + list(range(k)):
             lat[j].append(conns[j].timed(p))
     ref = lat[0]
-    print("# %s, %d interleaved iterations, one connection per target, new ones every %d;"
-          " microseconds" % (mode, n, reconnect))
+    print("# %s, %d interleaved iterations, one connection per target%s; microseconds"
+          % (mode, n, ", new ones every %d" % reconnect if reconnect else ""))
     print("%-12s %8s %8s %8s %8s %10s %16s" % ("target", "median", "p10", "p90", "p99",
                                                "added", "added IQR"))
     for (name, _, _), xs in zip(targets, lat):

@@ -314,7 +314,9 @@ if [[ $AUDIT_ONLY != 1 ]]; then
 # in turn from one client. "one core": every process (client, Postgres with
 # all its backends, PgBouncer, pgward) pinned to the last core, so no round
 # trip crosses cores and the difference is each proxy's own path.
-# "unpinned": the scheduler's choice, new connections every 1000 queries.
+# "unpinned": the scheduler's choice, which stays as it is for a
+# connection's life, so this layout measures one placement per target.
+# Connections are long-lived in both (see latency.py on --reconnect).
 LATRES=$DIR/latency.txt
 : >"$LATRES"
 LAT_CPU=$(($(nproc) - 1))

@@ -111,12 +111,8 @@ fn start_loop(i: usize) -> std::io::Result<Loop> {
 /// A single-threaded runtime on a thread of its own, named `name`, running
 /// for the rest of the process (the session loops, the audit pipeline).
 pub fn runtime_thread(name: String) -> std::io::Result<Handle> {
-    // Sockets and timers only: the signal and process drivers that
-    // `enable_all` adds would be polled at every park for nothing
-    // (signals and child processes are the main runtime's business).
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
+        .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
