@@ -19,10 +19,10 @@ import sys
 import time
 
 
-def startup_packet(user, database):
+def startup_packet(user, database, application_name="pgward-idle-bench"):
     body = struct.pack("!I", 196608)  # protocol 3.0
     for k, v in (("user", user), ("database", database),
-                 ("application_name", "pgward-idle-bench")):
+                 ("application_name", application_name)):
         body += k.encode() + b"\0" + v.encode() + b"\0"
     body += b"\0"
     return struct.pack("!I", len(body) + 4) + body

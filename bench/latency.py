@@ -41,16 +41,9 @@ import struct
 import sys
 import time
 
+from idle_clients import startup_packet
+
 QUERY = "SELECT abalance FROM pgbench_accounts WHERE aid = "
-
-
-def startup_packet(user, database):
-    body = struct.pack("!I", 196608)
-    for k, v in (("user", user), ("database", database),
-                 ("application_name", "pgward-latency-bench")):
-        body += k.encode() + b"\0" + v.encode() + b"\0"
-    body += b"\0"
-    return struct.pack("!I", len(body) + 4) + body
 
 
 def msg(tag, body):
@@ -67,7 +60,7 @@ class Conn:
         self.sock = socket.create_connection((host, port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
-        self.sock.sendall(startup_packet(user, database))
+        self.sock.sendall(startup_packet(user, database, "pgward-latency-bench"))
         for tag, body in self.until_ready():
             if tag == b"R" and struct.unpack("!I", body[:4])[0] != 0:
                 raise SystemExit("%s: authentication requested; trust expected" % name)
