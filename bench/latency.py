@@ -23,8 +23,8 @@ sample more placements of client, proxy thread and backend on the cores
 round trip). That charges the warm-up of a fresh backend to pgward and to
 direct but not to PgBouncer, whose session pool hands the next client the
 same warm server connection: measured pinned to one core, reconnecting
-every 1000 queries put pgward 6-7 us behind PgBouncer, long-lived
-connections 2-4 us. So the default is never (0).
+every 1000 queries put pgward 6-14 us behind PgBouncer, long-lived
+connections 2-4 us (prepared). So the default is never (0).
 
 Prints one line per target: median, p10, p90 and p99 latency in
 microseconds, and for every target but the reference the median of the
@@ -41,7 +41,7 @@ import struct
 import sys
 import time
 
-from idle_clients import startup_packet
+from idle_clients import handshake, startup_packet
 
 QUERY = "SELECT abalance FROM pgbench_accounts WHERE aid = "
 
@@ -60,14 +60,13 @@ class Conn:
         self.sock = socket.create_connection((host, port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
-        self.sock.sendall(startup_packet(user, database, "pgward-latency-bench"))
-        for tag, body in self.until_ready():
-            if tag == b"R" and struct.unpack("!I", body[:4])[0] != 0:
-                raise SystemExit("%s: authentication requested; trust expected" % name)
+        try:
+            handshake(self.sock, startup_packet(user, database, "pgward-latency-bench"))
+        except ConnectionError as e:
+            raise SystemExit("%s: %s" % (name, e))
 
     def until_ready(self):
-        """Read messages up to and including ReadyForQuery; raise on an error."""
-        out = []
+        """Read messages up to and including ReadyForQuery; exit on an error."""
         while True:
             while len(self.buf) >= 5:
                 tag = self.buf[:1]
@@ -78,9 +77,8 @@ class Conn:
                 self.buf = self.buf[1 + length:]
                 if tag == b"E":
                     raise SystemExit("%s: ErrorResponse %r" % (self.name, body))
-                out.append((tag, body))
                 if tag == b"Z":
-                    return out
+                    return
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise SystemExit("%s: connection closed" % self.name)

@@ -189,8 +189,8 @@ EOF
 # is shared fairly between groups first: a pgward started in this script's
 # session would share one group's CPU with pgbench, while PgBouncer has a
 # group to itself. (Measured, pgbench -S c16: in the client's group pgward
-# paid 19-27 us of system time and 0.2-0.9 voluntary context switches per
-# transaction, in its own 16-18 us and 0.15-0.2, as PgBouncer.)
+# paid 18-27 us of system time and 0.2-0.9 voluntary context switches per
+# transaction, in its own 16-20 us and 0.15-0.23; PgBouncer 16-20 us, 0.1.)
 # Without job control `setsid` execs in place, so $! is pgward's pid.
 # pgward A: no config file = built-in defaults (policy on).
 setsid "$PGWARD" run --listen "127.0.0.1:$PWA" --upstream "127.0.0.1:$PGPORT" >"$DIR/pgward-default.log" 2>&1 </dev/null &
