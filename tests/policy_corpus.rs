@@ -350,38 +350,53 @@ action = "allow"
 fn prepared_statements_across_query_strings() {
     let p = policy("");
     let s = app_scope();
+    let opts = LexOptions::default();
     let mut reg = PreparedRegistry::new();
-    let ev = p.evaluate(
-        "PREPARE Wipe AS DELETE FROM users",
-        &s,
-        LexOptions::default(),
-        &reg,
+    let run = |sql: &str, reg: &mut PreparedRegistry| {
+        let ev = p.evaluate(sql, &s, opts, reg);
+        p.observe_prepared(&ev, reg, &s);
+        ev.verdict
+    };
+    assert_eq!(
+        run("PREPARE Wipe AS DELETE FROM users", &mut reg),
+        Verdict::Allow
     );
-    assert_eq!(ev.verdict, Verdict::Allow);
-    p.observe_prepared(&ev, &mut reg);
     assert!(reg.lookup("wipe").is_some());
-    let ev = p.evaluate("EXECUTE wipe", &s, LexOptions::default(), &reg);
-    match &ev.verdict {
+    match run("EXECUTE wipe", &mut reg) {
         Verdict::Block(b) => assert_eq!(b.rule_id, "delete_without_where"),
         v => panic!("{v:?}"),
     }
-    let ev = p.evaluate("DEALLOCATE wipe", &s, LexOptions::default(), &reg);
-    p.observe_prepared(&ev, &mut reg);
-    assert_eq!(
-        p.evaluate("EXECUTE wipe", &s, LexOptions::default(), &reg)
-            .verdict,
-        Verdict::Allow
+    // Harmless names follow what is sent.
+    run(
+        "PREPARE one(int) AS DELETE FROM users WHERE id = $1",
+        &mut reg,
     );
-    let ev = p.evaluate(
-        "PREPARE a AS TRUNCATE t; PREPARE b AS SELECT 1",
-        &s,
-        LexOptions::default(),
-        &reg,
+    run("PREPARE a AS TRUNCATE t; PREPARE b AS SELECT 1", &mut reg);
+    assert_eq!(reg.len(), 4);
+    run("DEALLOCATE one", &mut reg);
+    assert!(reg.lookup("one").is_none());
+    run("DISCARD ALL", &mut reg);
+    // A name whose EXECUTE would be blocked is kept: the DEALLOCATE or
+    // DISCARD may never have run (an aborted transaction, an earlier
+    // error in the same Query), and a second PREPARE of a name in use
+    // fails on the server, which keeps the first body.
+    let mut kept: Vec<_> = ["wipe", "a", "b", "one"]
+        .into_iter()
+        .filter(|n| reg.lookup(n).is_some())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["a", "wipe"]);
+    run("DEALLOCATE wipe", &mut reg);
+    run("PREPARE wipe AS SELECT 1", &mut reg);
+    assert!(matches!(run("EXECUTE wipe", &mut reg), Verdict::Block(_)));
+    run("SELECT 1/0; DEALLOCATE ALL", &mut reg);
+    assert!(matches!(run("EXECUTE a", &mut reg), Verdict::Block(_)));
+    // Under a policy that allows the body, the same names are forgotten.
+    let lenient = policy(
+        "[rules.delete_without_where]\naction = \"allow\"\n[rules.truncate]\naction = \"allow\"",
     );
-    p.observe_prepared(&ev, &mut reg);
-    assert_eq!(reg.len(), 2);
-    let ev = p.evaluate("DISCARD ALL", &s, LexOptions::default(), &reg);
-    p.observe_prepared(&ev, &mut reg);
+    let ev = lenient.evaluate("DISCARD ALL", &s, opts, &reg);
+    lenient.observe_prepared(&ev, &mut reg, &s);
     assert!(reg.is_empty());
 }
 

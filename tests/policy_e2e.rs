@@ -225,6 +225,60 @@ async fn prepare_and_execute_get_the_verdict_of_the_body() {
     assert_eq!(count(&db), 2);
 }
 
+/// pgward sees PREPARE, DEALLOCATE and Close when they are sent; the
+/// server may not run them. None of those gaps lets a blocked body run.
+#[tokio::test]
+async fn a_prepared_blocked_body_stays_blocked_whatever_the_server_skipped() {
+    let db = database_with_rows("pol_prep_gaps");
+    let proxy = start_proxy(common::proxy_config()).await;
+    let client = connect(proxy.addr(), SCRAM_USER, SCRAM_PW, &db).await;
+    // PREPARE and EXECUTE sent through the extended protocol.
+    client
+        .execute("PREPARE wipe AS DELETE FROM t", &[])
+        .await
+        .unwrap();
+    let err = client.execute("EXECUTE wipe", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    // A DEALLOCATE in an aborted transaction does nothing.
+    client.simple_query("BEGIN").await.unwrap();
+    let err = client.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    let err = client.simple_query("DEALLOCATE wipe").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    client.simple_query("ROLLBACK").await.unwrap();
+    // Nor does one after an error earlier in the same Query.
+    let err = client
+        .simple_query("SELECT 1/0; DEALLOCATE ALL")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    // A second PREPARE of a name in use fails and keeps the first body.
+    let err = client
+        .simple_query("PREPARE wipe AS SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42P05");
+    let err = client.simple_query("EXECUTE wipe").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    assert_eq!(count(&db), 3);
+    // Really deallocated: EXECUTE is still refused by pgward (the server
+    // would have refused it as unknown), and the name can be reused.
+    client.simple_query("DEALLOCATE wipe").await.unwrap();
+    let err = client.simple_query("EXECUTE wipe").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    client
+        .simple_query("PREPARE one(int) AS DELETE FROM t WHERE a = $1")
+        .await
+        .unwrap();
+    client.simple_query("DEALLOCATE one").await.unwrap();
+    client
+        .simple_query("PREPARE one(int) AS SELECT $1")
+        .await
+        .unwrap();
+    client.simple_query("EXECUTE one(1)").await.unwrap();
+    assert_eq!(count(&db), 3);
+}
+
 #[tokio::test]
 async fn monitor_mode_lets_it_through() {
     let db = database_with_rows("pol_mon");

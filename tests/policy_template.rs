@@ -184,3 +184,43 @@ fn without_a_cache_the_memo_answers_nothing() {
     };
     assert_eq!(lexes(&uncached), [true, true, true]);
 }
+
+/// The memo keeps the verdict on its exact text, and keeps it per policy:
+/// one session memo used with two policies in turn (as across reloads)
+/// answers every statement as each policy would afresh, repeats included.
+#[test]
+fn a_memo_used_across_reloads_answers_what_each_policy_would() {
+    let strict = PolicyConfig::from_toml_str(
+        r#"
+[[custom]]
+id = "no_reads"
+kinds = ["SELECT"]
+action = "block"
+"#,
+    )
+    .unwrap();
+    let policies = [
+        Policy::from_config(&PolicyConfig::default()).unwrap(),
+        Policy::from_config(&strict).unwrap(),
+    ];
+    let scope = SessionScope::default();
+    let reg = PreparedRegistry::new();
+    let opts = LexOptions::default();
+    let mut memo = FactsMemo::new();
+    let mut differ = 0;
+    for sql in statements() {
+        for round in 0..4 {
+            let p = &policies[round % 2];
+            let configs = [PolicyConfig::default(), strict.clone()];
+            let fresh = Policy::from_config(&configs[round % 2]).unwrap();
+            let (a, _) = p.evaluate_lexed(&sql, &scope, opts, &reg, &mut memo);
+            let b = fresh.evaluate(&sql, &scope, opts, &reg);
+            assert_eq!(a.verdict, b.verdict, "{sql:?} round {round}");
+            assert_eq!(a.statements, b.statements, "{sql:?} round {round}");
+            differ += usize::from(
+                round == 1 && a.verdict != policies[0].evaluate(&sql, &scope, opts, &reg).verdict,
+            );
+        }
+    }
+    assert!(differ > 10, "the two policies judge differently ({differ})");
+}

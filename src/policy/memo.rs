@@ -12,12 +12,20 @@
 //! It holds only what the shared caches would have answered (facts depend
 //! on nothing but the text and the lexing options), so a hit can never
 //! differ from a miss.
+//!
+//! For the exact text it also keeps the verdict, so a driver's repeated
+//! Parse skips the rules too. A verdict depends on more than the text: on
+//! the policy (kept by its [`Policy::id`](super::Policy::id)), on the
+//! session scope (the session calls [`FactsMemo::scope_changed`] when it
+//! changes) and, for EXECUTE and PREPARE, on the session's prepared
+//! statements (those verdicts are never kept).
 
 use std::sync::Arc;
 
 use super::facts::StatementFacts;
 use super::lexer::Lexed;
 use super::template;
+use super::Verdict;
 
 /// Texts and template keys longer than this are not remembered: a session
 /// that ran one large statement keeps no copy of it while idle.
@@ -29,9 +37,22 @@ type Facts = Arc<Vec<StatementFacts>>;
 #[derive(Debug, Default)]
 pub struct FactsMemo {
     /// The last text answered from the exact-text cache or classified into it.
-    exact: Option<(bool, Box<str>, Facts)>,
+    exact: Option<Exact>,
     /// The last template key and the facts of its latest instance.
     template: Option<(bool, String, Facts)>,
+    /// Whether the last statement was answered as a template instance: a
+    /// session looping over one shape with new literals sends texts the
+    /// exact caches cannot know, so the policy lexes those first.
+    last_was_instance: bool,
+}
+
+#[derive(Debug)]
+struct Exact {
+    scs: bool,
+    text: Box<str>,
+    facts: Facts,
+    /// The verdict on `text` and the id of the policy that decided it.
+    decided: Option<(u64, Verdict)>,
 }
 
 impl FactsMemo {
@@ -39,22 +60,66 @@ impl FactsMemo {
         FactsMemo::default()
     }
 
+    fn exact_entry(&self, sql: &str, scs: bool) -> Option<&Exact> {
+        self.exact
+            .as_ref()
+            .filter(|e| e.scs == scs && *e.text == *sql)
+    }
+
     /// The facts of `sql` if it is the text remembered last.
-    pub fn exact(&self, sql: &str, scs: bool) -> Option<Facts> {
-        match &self.exact {
-            Some((s, text, facts)) if *s == scs && **text == *sql => Some(facts.clone()),
-            _ => None,
-        }
+    pub fn exact(&mut self, sql: &str, scs: bool) -> Option<Facts> {
+        let facts = self.exact_entry(sql, scs)?.facts.clone();
+        self.last_was_instance = false;
+        Some(facts)
+    }
+
+    /// The facts of `sql` and the verdict policy `policy` gave it, if it is
+    /// the text remembered last and that verdict is still kept.
+    pub fn decided(&mut self, sql: &str, scs: bool, policy: u64) -> Option<(Facts, Verdict)> {
+        let e = self.exact_entry(sql, scs)?;
+        let (_, verdict) = e.decided.as_ref().filter(|(by, _)| *by == policy)?;
+        let hit = (e.facts.clone(), verdict.clone());
+        self.last_was_instance = false;
+        Some(hit)
     }
 
     pub fn remember_exact(&mut self, sql: &str, scs: bool, facts: &Facts) {
+        self.last_was_instance = false;
         if sql.len() > MAX_MEMO_BYTES {
             return;
         }
-        match &mut self.exact {
-            Some((s, text, f)) if *s == scs && **text == *sql => *f = facts.clone(),
-            slot => *slot = Some((scs, sql.into(), facts.clone())),
+        self.exact = Some(Exact {
+            scs,
+            text: sql.into(),
+            facts: facts.clone(),
+            decided: None,
+        });
+    }
+
+    /// Keep `verdict` as policy `policy`'s on `sql`, if `sql` is the text
+    /// remembered last. Only for verdicts that depend on nothing but the
+    /// text, the policy and the session scope (see the module docs).
+    pub fn remember_verdict(&mut self, sql: &str, scs: bool, policy: u64, verdict: &Verdict) {
+        if let Some(e) = self
+            .exact
+            .as_mut()
+            .filter(|e| e.scs == scs && *e.text == *sql)
+        {
+            e.decided = Some((policy, verdict.clone()));
         }
+    }
+
+    /// The session scope changed (`SET application_name`): verdicts
+    /// decided under the old one no longer hold.
+    pub fn scope_changed(&mut self) {
+        if let Some(e) = &mut self.exact {
+            e.decided = None;
+        }
+    }
+
+    /// Whether the last statement was answered as a template instance.
+    pub fn expects_instance(&self) -> bool {
+        self.last_was_instance
     }
 
     /// The facts of this instance (`sql`, lexed as `lexed`) of template
@@ -69,10 +134,12 @@ impl FactsMemo {
             Some(owned) => template::relabel(owned, sql, lexed),
             None => *facts = Arc::new(template::instantiate(facts, sql, lexed)),
         }
+        self.last_was_instance = true;
         Some(facts.clone())
     }
 
     pub fn remember_template(&mut self, key: String, scs: bool, facts: &Facts) {
+        self.last_was_instance = true;
         if key.len() > MAX_MEMO_BYTES {
             return;
         }

@@ -17,9 +17,12 @@
 //!
 //! Prepared statements: call [`Policy::observe_prepared`] with each
 //! evaluation the proxy forwards, so `PREPARE p AS DELETE FROM t` records
-//! `p` (with the DELETE's facts) and `DEALLOCATE` / `DISCARD ALL` forget.
-//! Protocol-level named statements (Parse) share Postgres' namespace with
-//! SQL PREPARE: record them with [`PreparedRegistry::record_prepare`] too.
+//! `p` (with the DELETE's facts) and `DEALLOCATE` / `DISCARD ALL` forget,
+//! except names whose EXECUTE would be blocked (the server may not run
+//! what was sent). Protocol-level named statements (Parse) share Postgres'
+//! namespace with SQL PREPARE: record them with
+//! [`PreparedRegistry::record_prepare`] too, and report Close with
+//! [`Policy::observe_close`].
 //!
 //! Like the prepared statements, a session keeps a [`FactsMemo`] of the
 //! statement it classified last and passes it to
@@ -172,6 +175,10 @@ impl PreparedRegistry {
     pub fn forget_all(&mut self) {
         self.map.clear();
     }
+    /// Keep only the names for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &StatementFacts) -> bool) {
+        self.map.retain(|name, facts| keep(name, facts));
+    }
     pub fn lookup(&self, name: &str) -> Option<&StatementFacts> {
         self.map.get(name)
     }
@@ -185,6 +192,8 @@ impl PreparedRegistry {
 
 /// A compiled policy plus its facts cache.
 pub struct Policy {
+    /// Distinct for every policy built in this process (see [`Policy::id`]).
+    id: u64,
     rules: RuleSet,
     cache: FactsCache,
     /// Facts of literal-insensitive statements, keyed by shape.
@@ -224,13 +233,22 @@ impl Policy {
             }
             tables.push(t);
         }
+        // Verdicts a session memo kept name the policy that decided them.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Policy {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             rules: RuleSet::compile(cfg)?,
             cache: FactsCache::new(cfg.cache_entries),
             templates: FactsCache::new(cfg.cache_entries),
             function_call_allow,
             soft_delete: soft_delete::SoftDelete::new(tables, cfg.default_schemas.clone()),
         })
+    }
+
+    /// Distinct for every policy built in this process: a reload builds a
+    /// new one, so verdicts kept under the old id are not reused.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// `mode = "off"`: the proxy forwards without evaluating.
@@ -273,11 +291,25 @@ impl Policy {
         prepared: &PreparedRegistry,
         memo: &mut FactsMemo,
     ) -> (Evaluation, Option<lexer::Lexed>) {
+        let scs = lex.standard_conforming_strings;
+        // A repeat of the last text (a driver's Parse before each Execute).
+        // `cache_entries = 0` turns the memo off, verdicts included.
+        if self.cache.enabled() {
+            if let Some((statements, verdict)) = memo.decided(sql, scs, self.id) {
+                let eval = Evaluation {
+                    statements,
+                    verdict,
+                };
+                return (eval, None);
+            }
+        }
         let (facts, lexed) = self.facts(sql, lex, memo);
-        let statements = if facts
+        // EXECUTE and PREPARE are judged against the session's prepared
+        // statements, which the memo does not follow: never kept.
+        let resolved = facts
             .iter()
-            .any(|f| f.execute.is_some() || f.prepare.is_some())
-        {
+            .any(|f| f.execute.is_some() || f.prepare.is_some());
+        let statements = if resolved {
             Arc::new(resolve_prepared(&facts, prepared))
         } else {
             facts
@@ -285,6 +317,9 @@ impl Policy {
         let mut verdict = self.decide(&statements, scope);
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
             verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
+        }
+        if !resolved && self.cache.enabled() {
+            memo.remember_verdict(sql, scs, self.id, &verdict);
         }
         let eval = Evaluation {
             statements,
@@ -346,23 +381,63 @@ impl Policy {
     /// Update the session's registry after `evaluation` was forwarded:
     /// records PREPARE, applies DEALLOCATE and DISCARD ALL. Does nothing for
     /// a blocked evaluation (it never reached the server).
-    pub fn observe_prepared(&self, evaluation: &Evaluation, registry: &mut PreparedRegistry) {
+    ///
+    /// pgward sees these statements when they are sent, not when they run:
+    /// a PREPARE of a name in use fails, a DEALLOCATE in an aborted
+    /// transaction or after an earlier error in the same Query does
+    /// nothing. So a name whose EXECUTE would be blocked is never replaced
+    /// or forgotten here, whatever the server did with the statement: a
+    /// later EXECUTE of it stays blocked (at worst one the server would
+    /// have refused as unknown). Other names follow what was sent; if the
+    /// server kept one pgward forgot, its body is one this policy lets run.
+    pub fn observe_prepared(
+        &self,
+        evaluation: &Evaluation,
+        registry: &mut PreparedRegistry,
+        scope: &SessionScope,
+    ) {
         if matches!(evaluation.verdict, Verdict::Block(_)) {
             return;
         }
         for f in evaluation.statements.iter() {
             if let Some((name, body)) = &f.prepare {
-                registry.record_prepare(name, (**body).clone());
+                if !self.pins(registry, name, scope) {
+                    registry.record_prepare(name, (**body).clone());
+                }
             }
-            match &f.deallocate {
-                Some(Some(name)) => registry.forget(name),
-                Some(None) => registry.forget_all(),
-                None => {}
-            }
-            if f.settings.contains(&SettingChange::DiscardAll) {
-                registry.forget_all();
+            let forget_all =
+                f.deallocate == Some(None) || f.settings.contains(&SettingChange::DiscardAll);
+            if forget_all {
+                registry.retain(|name, body| self.blocks_execute(name, body, scope));
+            } else if let Some(Some(name)) = &f.deallocate {
+                self.observe_close(name, registry, scope);
             }
         }
+    }
+
+    /// A protocol Close of statement `name` was forwarded (it shares SQL
+    /// PREPARE's namespace). Like DEALLOCATE, it may never run: a Close
+    /// after an error in the same pipeline is skipped by the server.
+    pub fn observe_close(&self, name: &str, registry: &mut PreparedRegistry, scope: &SessionScope) {
+        if !self.pins(registry, name, scope) {
+            registry.forget(name);
+        }
+    }
+
+    /// Whether `name` is kept whatever is sent (see [`Self::observe_prepared`]).
+    fn pins(&self, registry: &PreparedRegistry, name: &str, scope: &SessionScope) -> bool {
+        registry
+            .lookup(name)
+            .is_some_and(|body| self.blocks_execute(name, body, scope))
+    }
+
+    /// Would `EXECUTE name` of `body` be blocked for `scope`?
+    fn blocks_execute(&self, name: &str, body: &StatementFacts, scope: &SessionScope) -> bool {
+        let executed = as_executed(name, body);
+        matches!(
+            self.decide(std::slice::from_ref(&executed), scope),
+            Verdict::Block(_)
+        )
     }
 
     /// Decide on a Query/Parse whose text pgward cannot read safely (invalid
@@ -481,9 +556,16 @@ impl Policy {
         if let Some(hit) = memo.exact(sql, scs) {
             return (hit, None);
         }
-        if let Some(hit) = self.cache.get(sql, scs) {
-            memo.remember_exact(sql, scs, &hit);
-            return (hit, None);
+        // Both shared caches answer what classifying would, so the order
+        // they are asked in is only a matter of cost: after a template
+        // instance, the next text is most likely another instance, which
+        // the exact cache cannot know (a hash and a lock for nothing).
+        let instance_first = memo.expects_instance();
+        if !instance_first {
+            if let Some(hit) = self.cache.get(sql, scs) {
+                memo.remember_exact(sql, scs, &hit);
+                return (hit, None);
+            }
         }
         // Plain reads with inlined literals: one entry per shape, not per
         // text (see `template`). Lexing fails the same way in classify, so
@@ -498,6 +580,12 @@ impl Policy {
                 let facts = Arc::new(template::instantiate(&t, sql, l));
                 memo.remember_template(key.to_string(), scs, &facts);
                 return (facts, lexed);
+            }
+        }
+        if instance_first {
+            if let Some(hit) = self.cache.get(sql, scs) {
+                memo.remember_exact(sql, scs, &hit);
+                return (hit, lexed);
             }
         }
         let facts = Arc::new(classify::classify_with(sql, lex));
@@ -596,15 +684,21 @@ fn resolve_execute(f: &StatementFacts, prepared: &PreparedRegistry) -> Statement
     let Some(body) = prepared.lookup(name) else {
         return f.clone();
     };
-    let mut out = body.clone();
+    let mut out = as_executed(name, body);
     out.text = f.text.clone();
+    out.functions.extend(f.functions.iter().cloned());
+    out
+}
+
+/// The facts of `EXECUTE name` where `name` prepares `body`.
+fn as_executed(name: &str, body: &StatementFacts) -> StatementFacts {
+    let mut out = body.clone();
     out.kind = StatementKind::Execute;
-    out.execute = Some(name.clone());
+    out.execute = Some(name.to_string());
     out.prepare = None;
     let mut kinds = vec![StatementKind::Execute];
     kinds.extend(body.executed_kinds.iter().cloned());
     out.executed_kinds = kinds;
-    out.functions.extend(f.functions.iter().cloned());
     out
 }
 

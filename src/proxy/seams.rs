@@ -284,7 +284,7 @@ impl SessionSeams {
                 }
                 let action = self.apply_verdict(&eval, query_frame, query_frame);
                 if !matches!(eval.verdict, Verdict::Block(_)) {
-                    policy.observe_prepared(&eval, &mut self.prepared);
+                    policy.observe_prepared(&eval, &mut self.prepared, &self.scope);
                     self.retag.on_query(group, &eval.statements);
                 }
                 self.sync_points_sent += 1;
@@ -323,6 +323,8 @@ impl SessionSeams {
                     [facts] if forwarded => Some(facts),
                     _ => None,
                 };
+                // SQL PREPARE, DEALLOCATE and DISCARD ALL can be parsed too.
+                policy.observe_prepared(&eval, &mut self.prepared, &self.scope);
                 if let (Some(facts), false) = (single, name.is_empty()) {
                     self.prepared.record_prepare(&name, facts.clone());
                 }
@@ -381,7 +383,8 @@ impl SessionSeams {
                     if let Some((name, _)) = frame::read_cstr(rest) {
                         let name = String::from_utf8_lossy(name);
                         if *kind == b'S' {
-                            self.prepared.forget(&name);
+                            let policy = self.policy.load();
+                            policy.observe_close(&name, &mut self.prepared, &self.scope);
                         }
                         if let Some(a) = self.audit.as_deref_mut() {
                             a.on_close(*kind, &name);
@@ -473,6 +476,7 @@ impl SessionSeams {
                     if name == b"application_name" {
                         // Rules scoped by application follow SET application_name.
                         self.scope.application_name = String::from_utf8_lossy(value).into_owned();
+                        self.facts_memo.scope_changed();
                     }
                     self.server_params.insert(
                         String::from_utf8_lossy(name).into_owned(),
@@ -697,6 +701,73 @@ mod tests {
         assert!(s.prepared.lookup("s1").is_some());
         s.on_frontend(b'C', b"Ss1\0");
         assert!(s.prepared.lookup("s1").is_none());
+    }
+
+    /// Parse of `sql` (unnamed statement): was it blocked?
+    fn parse_blocked(s: &mut SessionSeams, sql: &str) -> bool {
+        let body = format!("\0{sql}\0\0\0");
+        let blocked = matches!(
+            s.on_frontend(b'P', body.as_bytes()),
+            FrontendAction::Replace(_)
+        );
+        s.on_frontend(b'S', b"");
+        s.on_backend(b'Z', b"I");
+        blocked
+    }
+
+    /// A repeated Parse is answered from the session memo, verdict
+    /// included; the verdict still follows `SET application_name` (rules
+    /// scoped by application) and a policy reload.
+    #[test]
+    fn a_repeated_parse_is_judged_again_when_the_scope_or_the_policy_changes() {
+        let scoped = PolicyConfig::from_toml_str(
+            r#"
+[[custom]]
+id = "no_batch_reads"
+kinds = ["SELECT"]
+tables = ["accounts"]
+action = "block"
+applications = ["batch"]
+"#,
+        )
+        .unwrap();
+        let source = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+            Policy::from_config(&scoped).unwrap(),
+        ));
+        let mut s = SessionSeams::new(source.clone(), SessionScope::default(), 1);
+        let sql = "SELECT balance FROM accounts WHERE id = $1";
+        assert!(!parse_blocked(&mut s, sql));
+        assert!(!parse_blocked(&mut s, sql), "a memo hit");
+        s.on_backend(b'S', b"application_name\0batch\0");
+        assert!(parse_blocked(&mut s, sql), "scoped to application batch");
+        assert!(parse_blocked(&mut s, sql), "a memo hit, still blocked");
+        source.store(std::sync::Arc::new(
+            Policy::from_config(&PolicyConfig::default()).unwrap(),
+        ));
+        assert!(
+            !parse_blocked(&mut s, sql),
+            "the reloaded policy has no such rule"
+        );
+        source.store(std::sync::Arc::new(Policy::from_config(&scoped).unwrap()));
+        assert!(parse_blocked(&mut s, sql), "reloaded again");
+        s.on_backend(b'S', b"application_name\0web\0");
+        assert!(!parse_blocked(&mut s, sql));
+    }
+
+    /// EXECUTE is judged against the session's prepared statements, which
+    /// change without the text changing: its verdict is never reused.
+    #[test]
+    fn a_repeated_execute_follows_what_the_name_was_prepared_as() {
+        let mut s = seams();
+        assert!(!parse_blocked(&mut s, "EXECUTE p"), "unknown name: allowed");
+        assert!(!parse_blocked(&mut s, "PREPARE p AS DELETE FROM t"));
+        // PREPARE of a blocked body is refused only at EXECUTE time.
+        assert!(parse_blocked(&mut s, "EXECUTE p"));
+        assert!(parse_blocked(&mut s, "EXECUTE p"), "never a memo hit");
+        // A Close may be skipped by the server (an error earlier in its
+        // pipeline), so it does not make the name unknown.
+        s.on_frontend(b'C', b"Sp\0");
+        assert!(parse_blocked(&mut s, "EXECUTE p"));
     }
 
     #[test]
