@@ -185,41 +185,52 @@ fn without_a_cache_the_memo_answers_nothing() {
     assert_eq!(lexes(&uncached), [true, true, true]);
 }
 
-/// The memo keeps the verdict on its exact text, and keeps it per policy:
-/// one session memo used with two policies in turn (as across reloads)
-/// answers every statement as each policy would afresh, repeats included.
+/// The memo keeps verdicts (on its exact text, and the rules' verdict on a
+/// template's instances), per policy: one session memo used with two
+/// policies in turn (as across reloads), over texts and other-literal
+/// instances of them, answers every statement as each policy would afresh.
 #[test]
 fn a_memo_used_across_reloads_answers_what_each_policy_would() {
     let strict = PolicyConfig::from_toml_str(
         r#"
 [[custom]]
-id = "no_reads"
+id = "no_reads_of_t"
 kinds = ["SELECT"]
+tables = ["t", "pgbench_*"]
 action = "block"
 "#,
     )
     .unwrap();
-    let policies = [
-        Policy::from_config(&PolicyConfig::default()).unwrap(),
-        Policy::from_config(&strict).unwrap(),
-    ];
+    let configs = [PolicyConfig::default(), strict];
+    let policies = configs
+        .iter()
+        .map(|c| Policy::from_config(c).unwrap())
+        .collect::<Vec<_>>();
     let scope = SessionScope::default();
     let reg = PreparedRegistry::new();
-    let opts = LexOptions::default();
-    let mut memo = FactsMemo::new();
     let mut differ = 0;
-    for sql in statements() {
-        for round in 0..4 {
-            let p = &policies[round % 2];
-            let configs = [PolicyConfig::default(), strict.clone()];
-            let fresh = Policy::from_config(&configs[round % 2]).unwrap();
-            let (a, _) = p.evaluate_lexed(&sql, &scope, opts, &reg, &mut memo);
-            let b = fresh.evaluate(&sql, &scope, opts, &reg);
-            assert_eq!(a.verdict, b.verdict, "{sql:?} round {round}");
-            assert_eq!(a.statements, b.statements, "{sql:?} round {round}");
-            differ += usize::from(
-                round == 1 && a.verdict != policies[0].evaluate(&sql, &scope, opts, &reg).verdict,
-            );
+    for scs in [true, false] {
+        let opts = LexOptions {
+            standard_conforming_strings: scs,
+        };
+        let mut memo = FactsMemo::new();
+        for sql in statements() {
+            // Pairs of statements under one policy, then the other: a
+            // repeat or another instance right after a memo was filled.
+            for round in 0..8 {
+                let which = (round / 2) % 2;
+                let text = match round % 3 {
+                    0 => sql.clone(),
+                    i => mutate(&sql, i + round).unwrap_or(sql.clone()),
+                };
+                let fresh = Policy::from_config(&configs[which]).unwrap();
+                let (a, _) = policies[which].evaluate_lexed(&text, &scope, opts, &reg, &mut memo);
+                let b = fresh.evaluate(&text, &scope, opts, &reg);
+                assert_eq!(a.verdict, b.verdict, "{text:?} round {round} scs {scs}");
+                assert_eq!(a.statements, b.statements, "{text:?} round {round}");
+                let other = policies[1 - which].evaluate(&text, &scope, opts, &reg);
+                differ += usize::from(a.verdict != other.verdict);
+            }
         }
     }
     assert!(differ > 10, "the two policies judge differently ({differ})");

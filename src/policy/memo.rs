@@ -40,6 +40,9 @@ pub struct FactsMemo {
     exact: Option<Exact>,
     /// The last template key and the facts of its latest instance.
     template: Option<(bool, String, Facts)>,
+    /// The rules' verdict on the template's instances and the id of the
+    /// policy that decided it (see [`FactsMemo::instance_decided`]).
+    template_decided: Option<(u64, Verdict)>,
     /// Whether the last statement was answered as a template instance: a
     /// session looping over one shape with new literals sends texts the
     /// exact caches cannot know, so the policy lexes those first.
@@ -115,6 +118,28 @@ impl FactsMemo {
         if let Some(e) = &mut self.exact {
             e.decided = None;
         }
+        self.template_decided = None;
+    }
+
+    /// The rules' verdict (before soft delete) policy `policy` gave the
+    /// instances of the template remembered last, if the last statement was
+    /// one of them. The rules read a plain read's text only for tokens
+    /// other than literals, which every instance shares, so one instance's
+    /// verdict is every instance's (`tests/policy_template.rs` checks this
+    /// against fresh evaluations).
+    pub fn instance_decided(&self, policy: u64) -> Option<Verdict> {
+        if !self.last_was_instance {
+            return None;
+        }
+        let (by, verdict) = self.template_decided.as_ref()?;
+        (*by == policy).then(|| verdict.clone())
+    }
+
+    /// Keep the rules' verdict on the instance answered last.
+    pub fn remember_instance_verdict(&mut self, policy: u64, verdict: &Verdict) {
+        if self.last_was_instance {
+            self.template_decided = Some((policy, verdict.clone()));
+        }
     }
 
     /// Whether the last statement was answered as a template instance.
@@ -140,7 +165,9 @@ impl FactsMemo {
 
     pub fn remember_template(&mut self, key: String, scs: bool, facts: &Facts) {
         self.last_was_instance = true;
+        self.template_decided = None;
         if key.len() > MAX_MEMO_BYTES {
+            self.template = None;
             return;
         }
         self.template = Some((scs, key, facts.clone()));

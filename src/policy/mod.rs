@@ -314,7 +314,19 @@ impl Policy {
         } else {
             facts
         };
-        let mut verdict = self.decide(&statements, scope);
+        // A template instance: the rules decided its shape already. Only
+        // with standard strings, the lexing the rules' own token scans use.
+        let instance = self.cache.enabled() && scs && memo.expects_instance();
+        let mut verdict = match instance.then(|| memo.instance_decided(self.id)).flatten() {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = self.decide(&statements, scope);
+                if instance && verdict == Verdict::Allow {
+                    memo.remember_instance_verdict(self.id, &verdict);
+                }
+                verdict
+            }
+        };
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
             verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
         }

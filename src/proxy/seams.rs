@@ -752,6 +752,25 @@ applications = ["batch"]
         assert!(parse_blocked(&mut s, sql), "reloaded again");
         s.on_backend(b'S', b"application_name\0web\0");
         assert!(!parse_blocked(&mut s, sql));
+        // Instances of one shape with new literals (the rules' verdict on
+        // the shape is kept) follow the scope too.
+        let query_blocked = |s: &mut SessionSeams, id: u32| {
+            let body = format!("SELECT balance FROM accounts WHERE id = {id}\0");
+            let blocked = matches!(
+                s.on_frontend(b'Q', body.as_bytes()),
+                FrontendAction::Replace(_)
+            );
+            s.on_backend(b'Z', b"I");
+            blocked
+        };
+        assert!(!query_blocked(&mut s, 1));
+        assert!(!query_blocked(&mut s, 2));
+        assert!(!query_blocked(&mut s, 3));
+        s.on_backend(b'S', b"application_name\0batch\0");
+        assert!(query_blocked(&mut s, 4));
+        assert!(query_blocked(&mut s, 5));
+        s.on_backend(b'S', b"application_name\0web\0");
+        assert!(!query_blocked(&mut s, 6));
     }
 
     /// EXECUTE is judged against the session's prepared statements, which
