@@ -8,6 +8,12 @@
 //! 850 instructions per round trip, a tenth of the proxy's (callgrind,
 //! relay alone). Here each future is polled with a waker of its own, which
 //! marks it before waking the task.
+//!
+//! [`Gated`] does the same for one branch of a `select!`: the relay's
+//! client side waits for its socket and for the shutdown phase to change,
+//! and polling a pending `watch` wait locks the channel's waiter list,
+//! which every session on every loop thread shares. Gated, the wait is
+//! polled only when the channel woke it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,6 +108,65 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+/// Polls the inner future only when its own waker fired (and once at
+/// first, to register); every other poll is `Pending` at the cost of two
+/// atomic operations.
+pub struct Gated<F> {
+    inner: F,
+    gate: Arc<Gate>,
+    waker: Waker,
+}
+
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> Gated<F> {
+    pub fn new(inner: F) -> Self {
+        let gate = Arc::new(Gate {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Gated {
+            inner,
+            waker: Waker::from(gate.clone()),
+            gate,
+        }
+    }
+
+    /// Wait for `inner` instead; it is polled at the next poll.
+    pub fn replace(&mut self, inner: F) {
+        self.inner = inner;
+        self.gate.woken.store(true, Ordering::Release);
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // Registered before the mark is read (see `Race::poll`).
+        this.gate.task.register(cx.waker());
+        if !this.gate.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker))
     }
 }
 
@@ -206,6 +271,50 @@ mod tests {
             .expect("the task was woken");
         assert_eq!(out, 7);
         opener.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gated_future_is_polled_only_after_its_own_wake() {
+        let (a, a_state) = gate(3);
+        let mut gated = Gated::new(a);
+        let noop = Waker::from(Arc::new(Noop));
+        let mut cx = Context::from_waker(&noop);
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        assert_eq!(a_state.polls(), 1, "polled once to register");
+        a_state.open();
+        assert!(
+            Pin::new(&mut gated).poll(&mut cx).is_pending(),
+            "not woken yet"
+        );
+        a_state.wake();
+        assert_eq!(Pin::new(&mut gated).poll(&mut cx), Poll::Ready(3));
+        assert_eq!(a_state.polls(), 2);
+        // A replacement is polled at the next poll without a wake.
+        let (b, b_state) = gate(4);
+        let mut gated = Gated::new(b);
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        let (c, c_state) = gate(5);
+        c_state.open();
+        gated.replace(c);
+        assert_eq!(Pin::new(&mut gated).poll(&mut cx), Poll::Ready(5));
+        assert_eq!((b_state.polls(), c_state.polls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_gated_wake_from_another_thread_wakes_the_task() {
+        let (a, a_state) = gate(9);
+        let gated = Gated::new(a);
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            a_state.open();
+            a_state.wake();
+        });
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), gated)
+            .await
+            .expect("the task was woken");
+        assert_eq!(out, 9);
+        opener.join().unwrap();
     }
 
     struct Noop;

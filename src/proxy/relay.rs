@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::race::Race;
+use super::race::{Gated, Race};
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
@@ -201,8 +201,9 @@ async fn pump_frontend(
     // The phase, and one wait for its next change kept across reads: a
     // fresh `changed()` per read would register with the process-wide
     // channel, under a lock every session shares, twice per round trip.
+    // Gated, because even polling the pending wait takes that lock.
     let mut phase = *shutdown.borrow_and_update();
-    let mut phase_change = std::pin::pin!(next_phase(shutdown));
+    let mut phase_change = Gated::new(Box::pin(next_phase(shutdown)));
     let mut phase_watched = true;
     // Bytes of the current frame still to stream through unexamined.
     let mut passthrough = 0usize;
@@ -325,11 +326,11 @@ async fn pump_frontend(
             tokio::select! {
                 biased;
                 r = reader.read_buf(&mut buf) => break r,
-                changed = phase_change.as_mut(), if phase_watched => match changed {
+                changed = &mut phase_change, if phase_watched => match changed {
                     Some((next, rx)) => {
                         phase = next;
                         draining.store(next == Phase::Draining, Ordering::Relaxed);
-                        phase_change.set(next_phase(rx));
+                        phase_change.replace(Box::pin(next_phase(rx)));
                     }
                     // The proxy is gone; nothing will signal again.
                     None => phase_watched = false,

@@ -240,7 +240,16 @@ impl SessionSeams {
     /// Called with every Query, Parse, Sync, Close and FunctionCall frame
     /// before it is forwarded.
     pub fn on_frontend(&mut self, tag: u8, body: &[u8]) -> FrontendAction {
-        let now = Instant::now();
+        // One clock read per statement, and one where a group starts: the
+        // frames that close a group (Sync) or sit inside it need none.
+        let statement = matches!(
+            tag,
+            frontend::QUERY | frontend::PARSE | frontend::FUNCTION_CALL
+        );
+        let now = match self.group_started {
+            Some(started) if !statement => started,
+            _ => Instant::now(),
+        };
         let started = *self.group_started.get_or_insert(now);
         if matches!(
             tag,
@@ -250,11 +259,9 @@ impl SessionSeams {
             self.group_started = None;
             self.in_flight.push_back(started);
         }
-        if matches!(
-            tag,
-            frontend::QUERY | frontend::PARSE | frontend::FUNCTION_CALL
-        ) && self.policy.load().is_off()
-        {
+        // Loaded once per statement: each load is a few atomic operations.
+        let policy = statement.then(|| self.policy.load());
+        if policy.as_ref().is_some_and(|p| p.is_off()) {
             self.retag.activate(false, 0, false);
             if let Some(a) = self.audit_mut() {
                 a.on_unevaluated(tag, body);
@@ -267,10 +274,9 @@ impl SessionSeams {
             }
             return FrontendAction::Forward;
         }
-        match tag {
-            frontend::QUERY => {
+        match (tag, policy) {
+            (frontend::QUERY, Some(policy)) => {
                 self.statements += 1;
-                let policy = self.policy.load();
                 let group = self.sync_points_sent + 1;
                 self.retag.activate(policy.has_soft_delete(), group, false);
                 let text = frame::query_text(body);
@@ -290,9 +296,8 @@ impl SessionSeams {
                 self.sync_points_sent += 1;
                 action
             }
-            frontend::PARSE => {
+            (frontend::PARSE, Some(policy)) => {
                 self.statements += 1;
-                let policy = self.policy.load();
                 self.retag
                     .activate(policy.has_soft_delete(), self.sync_points_sent + 1, false);
                 let parsed = frame::parse_text(body);
@@ -331,14 +336,13 @@ impl SessionSeams {
                 self.retag.on_parse(&name, single);
                 action
             }
-            frontend::FUNCTION_CALL => {
+            (frontend::FUNCTION_CALL, Some(policy)) => {
                 let oid = body
                     .get(..4)
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
-                let started = Instant::now();
-                let mut eval = self.policy.load().evaluate_function_call(oid, &self.scope);
-                record_evaluation(&eval, started);
+                let mut eval = policy.evaluate_function_call(oid, &self.scope);
+                record_evaluation(&eval, now);
                 if let Some(a) = self.audit_mut() {
                     eval = a.on_function_call(eval);
                 }
@@ -346,7 +350,7 @@ impl SessionSeams {
                 self.sync_points_sent += 1;
                 action
             }
-            frontend::BIND => {
+            (frontend::BIND, _) => {
                 if let Some(a) = self.audit.as_deref_mut() {
                     a.on_bind(body);
                 }
@@ -355,7 +359,7 @@ impl SessionSeams {
                 }
                 FrontendAction::Forward
             }
-            frontend::EXECUTE => {
+            (frontend::EXECUTE, _) => {
                 let refused = self.audit.as_deref_mut().and_then(|a| a.on_execute(body));
                 if let Some(block) = refused {
                     // Refused in-band like a blocked Parse: a failing named
@@ -371,14 +375,14 @@ impl SessionSeams {
                 }
                 FrontendAction::Forward
             }
-            frontend::SYNC => {
+            (frontend::SYNC, _) => {
                 self.sync_points_sent += 1;
                 if let Some(a) = self.audit.as_deref_mut() {
                     a.on_sync();
                 }
                 FrontendAction::Forward
             }
-            frontend::CLOSE => {
+            (frontend::CLOSE, _) => {
                 if let [kind, rest @ ..] = body {
                     if let Some((name, _)) = frame::read_cstr(rest) {
                         let name = String::from_utf8_lossy(name);
