@@ -488,3 +488,45 @@ fn config_errors_are_values() {
         PolicyConfig::from_toml_str("[[custom]]\nid = \"x\"\naction = \"block\"").expect("toml");
     assert!(Policy::from_config(&empty).is_err());
 }
+
+/// Names whose EXECUTE would be blocked are never forgotten, so a session
+/// that already holds MAX_KEPT_PREPARED prepared statements cannot add
+/// another one of those: a PREPARE/DEALLOCATE loop cannot grow pgward's
+/// memory without end. Harmless PREPAREs and re-PREPAREs of a held name
+/// are unaffected.
+#[test]
+fn a_session_cannot_pile_up_prepared_statements_pgward_must_keep() {
+    use pgward::policy::MAX_KEPT_PREPARED;
+    let p = policy("");
+    let s = app_scope();
+    let opts = LexOptions::default();
+    let mut reg = PreparedRegistry::new();
+    let run = |sql: &str, reg: &mut PreparedRegistry| {
+        let ev = p.evaluate(sql, &s, opts, reg);
+        p.observe_prepared(&ev, reg, &s);
+        ev.verdict
+    };
+    for i in 0..MAX_KEPT_PREPARED - 1 {
+        assert_eq!(
+            run(&format!("PREPARE w{i} AS DELETE FROM t"), &mut reg),
+            Verdict::Allow
+        );
+        run(&format!("DEALLOCATE w{i}"), &mut reg);
+    }
+    assert_eq!(reg.len(), MAX_KEPT_PREPARED - 1);
+    assert_eq!(
+        run("PREPARE last AS DELETE FROM t", &mut reg),
+        Verdict::Allow
+    );
+    match run("PREPARE one_more AS DELETE FROM t", &mut reg) {
+        Verdict::Block(b) => {
+            assert_eq!(b.rule_id, "delete_without_where");
+            assert!(b.message.contains("PREPARE one_more"), "{}", b.message);
+        }
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(reg.len(), MAX_KEPT_PREPARED);
+    assert_eq!(run("PREPARE fine AS SELECT 1", &mut reg), Verdict::Allow);
+    assert_eq!(run("PREPARE w0 AS DELETE FROM t", &mut reg), Verdict::Allow);
+    assert!(matches!(run("EXECUTE w7", &mut reg), Verdict::Block(_)));
+}

@@ -190,6 +190,10 @@ impl PreparedRegistry {
     }
 }
 
+/// Prepared statements a session may hold before a PREPARE whose EXECUTE
+/// would be blocked is refused outright (see `prepare_beyond_limit`).
+pub const MAX_KEPT_PREPARED: usize = 1000;
+
 /// A compiled policy plus its facts cache.
 pub struct Policy {
     /// Distinct for every policy built in this process (see [`Policy::id`]).
@@ -330,6 +334,11 @@ impl Policy {
         if !matches!(verdict, Verdict::Block(_)) && !self.soft_delete.is_empty() {
             verdict = self.soft_delete_verdict(sql, lex, &statements, scope, verdict);
         }
+        if resolved && !matches!(verdict, Verdict::Block(_)) {
+            if let Some(block) = self.prepare_beyond_limit(&statements, prepared, scope) {
+                verdict = Verdict::Block(block);
+            }
+        }
         if !resolved && self.cache.enabled() {
             memo.remember_verdict(sql, scs, self.id, &verdict);
         }
@@ -441,6 +450,42 @@ impl Policy {
         registry
             .lookup(name)
             .is_some_and(|body| self.blocks_execute(name, body, scope))
+    }
+
+    /// A PREPARE of a new name whose EXECUTE would be blocked, once the
+    /// session already holds [`MAX_KEPT_PREPARED`] names: such names are
+    /// never forgotten (see [`Self::observe_prepared`]), so without a limit
+    /// a loop of PREPARE and DEALLOCATE would grow pgward's memory without
+    /// end. Refusing the PREPARE costs a client nothing it could have had:
+    /// pgward would block its EXECUTE.
+    fn prepare_beyond_limit(
+        &self,
+        statements: &[StatementFacts],
+        prepared: &PreparedRegistry,
+        scope: &SessionScope,
+    ) -> Option<Block> {
+        if prepared.len() < MAX_KEPT_PREPARED {
+            return None;
+        }
+        statements.iter().find_map(|f| {
+            let (name, body) = f.prepare.as_ref()?;
+            if prepared.lookup(name).is_some() {
+                return None;
+            }
+            let executed = as_executed(name, body);
+            let Verdict::Block(b) = self.decide(std::slice::from_ref(&executed), scope) else {
+                return None;
+            };
+            Some(Block {
+                message: format!(
+                    "pgward: PREPARE {name} blocked: rule \"{}\" would block its EXECUTE, and this session already has {MAX_KEPT_PREPARED} prepared statements",
+                    b.rule_id
+                ),
+                detail: b.detail,
+                hint: "Prepare a statement this policy lets run, or start a new session.".into(),
+                rule_id: b.rule_id,
+            })
+        })
     }
 
     /// Would `EXECUTE name` of `body` be blocked for `scope`?
