@@ -346,17 +346,20 @@ action = "allow"
     ));
 }
 
+/// Evaluate `sql` as a session sending it would, and update the session's
+/// prepared statements as the proxy does after forwarding it.
+fn send(p: &Policy, s: &SessionScope, sql: &str, reg: &mut PreparedRegistry) -> Verdict {
+    let ev = p.evaluate(sql, s, LexOptions::default(), reg);
+    p.observe_prepared(&ev, reg, s);
+    ev.verdict
+}
+
 #[test]
 fn prepared_statements_across_query_strings() {
     let p = policy("");
     let s = app_scope();
-    let opts = LexOptions::default();
     let mut reg = PreparedRegistry::new();
-    let run = |sql: &str, reg: &mut PreparedRegistry| {
-        let ev = p.evaluate(sql, &s, opts, reg);
-        p.observe_prepared(&ev, reg, &s);
-        ev.verdict
-    };
+    let run = |sql: &str, reg: &mut PreparedRegistry| send(&p, &s, sql, reg);
     assert_eq!(
         run("PREPARE Wipe AS DELETE FROM users", &mut reg),
         Verdict::Allow
@@ -395,8 +398,7 @@ fn prepared_statements_across_query_strings() {
     let lenient = policy(
         "[rules.delete_without_where]\naction = \"allow\"\n[rules.truncate]\naction = \"allow\"",
     );
-    let ev = lenient.evaluate("DISCARD ALL", &s, opts, &reg);
-    lenient.observe_prepared(&ev, &mut reg, &s);
+    send(&lenient, &s, "DISCARD ALL", &mut reg);
     assert!(reg.is_empty());
 }
 
@@ -499,13 +501,8 @@ fn a_session_cannot_pile_up_prepared_statements_pgward_must_keep() {
     use pgward::policy::MAX_KEPT_PREPARED;
     let p = policy("");
     let s = app_scope();
-    let opts = LexOptions::default();
     let mut reg = PreparedRegistry::new();
-    let run = |sql: &str, reg: &mut PreparedRegistry| {
-        let ev = p.evaluate(sql, &s, opts, reg);
-        p.observe_prepared(&ev, reg, &s);
-        ev.verdict
-    };
+    let run = |sql: &str, reg: &mut PreparedRegistry| send(&p, &s, sql, reg);
     for i in 0..MAX_KEPT_PREPARED - 1 {
         assert_eq!(
             run(&format!("PREPARE w{i} AS DELETE FROM t"), &mut reg),
