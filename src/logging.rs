@@ -1,5 +1,7 @@
 //! tracing setup: text or JSON lines on stderr, filter from config or RUST_LOG.
 
+use std::io::IsTerminal;
+
 use tracing::Subscriber;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -15,7 +17,11 @@ pub fn init(cfg: &LogConfig) {
         .filter(|d| EnvFilter::try_new(d).is_ok())
         .unwrap_or_else(|| cfg.level.clone());
     let output = match cfg.format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours only on a terminal: not into files, pipes or the journal.
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)

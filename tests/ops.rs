@@ -828,3 +828,57 @@ async fn grace_expiry_during_a_streaming_result_sends_57p01_between_frames() {
         .unwrap_or_else(|| sqlstate(&e));
     assert_eq!(code, "57P01", "query error: {e}; connection: {end:?}");
 }
+
+/// Log lines written while the relay runs carry the session's span (its
+/// id, client, user, database) although the span is not entered there
+/// (see `proxy::session_span`); so does the close line after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_log_lines_name_the_session() {
+    let db = common::fresh_database("ops_log_span");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgward.toml");
+    let log = dir.path().join("pgward.log");
+    let port = free_port();
+    write(
+        &path,
+        &config_text("").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "pgward never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (client, conn) = connect(addr, &db).await;
+    let err = client.batch_execute("TRUNCATE pg_class").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    drop(client);
+    within(5, "session closed", conn).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in:\n{text}"))
+            .to_string()
+    };
+    for what in ["statement blocked", "connection closed"] {
+        let l = line(what);
+        assert!(l.contains("session{id="), "{l}");
+        assert!(l.contains(&format!("user=\"{SCRAM_USER}\"")), "{l}");
+        assert!(l.contains(&format!("database=\"{db}\"")), "{l}");
+    }
+}

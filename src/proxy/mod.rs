@@ -9,6 +9,7 @@ pub mod relay;
 pub mod retag;
 pub mod seams;
 pub mod session;
+pub mod session_span;
 pub mod stream;
 pub mod upstream;
 

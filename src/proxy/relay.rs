@@ -211,6 +211,7 @@ async fn pump_frontend(
     let tracking = lock(seams).tracking_flag();
     // Auditing follows every Execute back to its statement.
     let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
+    let span = lock(seams).span.clone();
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -281,7 +282,7 @@ async fn pump_frontend(
             return RelayEnd::ClientTerminated;
         }
         if let Some(reason) = violation {
-            tracing::warn!(%reason, "closing session: protocol violation from client");
+            tracing::warn!(parent: &span, %reason, "closing session: protocol violation from client");
             // Stop the server cleanly: we are at a frame boundary upstream.
             let _ = writer.write_all(b"X\0\0\0\x04").await;
             let err = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgward: {reason}"));
@@ -302,6 +303,7 @@ async fn pump_frontend(
                         (client_at_boundary, farewell),
                         cut_at_boundary,
                         at_boundary,
+                        &span,
                     )
                     .await;
                 }
@@ -392,6 +394,7 @@ async fn close_for_shutdown(
     (client_at_boundary, farewell): (&AtomicBool, &Farewell),
     cut_at_boundary: &AtomicBool,
     upstream_at_boundary: bool,
+    span: &tracing::Span,
 ) -> RelayEnd {
     if upstream_at_boundary {
         let _ = writer.write_all(b"X\0\0\0\x04").await;
@@ -408,7 +411,7 @@ async fn close_for_shutdown(
     // The relay ends when the backend side has cut; this is the backstop
     // for a server that stops sending in the middle of a frame.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    tracing::warn!("closing mid-frame: no frame boundary toward the client within 5 s");
+    tracing::warn!(parent: span, "closing mid-frame: no frame boundary toward the client within 5 s");
     RelayEnd::Shutdown
 }
 
@@ -449,6 +452,7 @@ async fn pump_backend(
     let mut passthrough = 0usize;
     let mut sizer = ReadSizer::new();
     let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
+    let span = lock(seams).span.clone();
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -469,7 +473,7 @@ async fn pump_backend(
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "upstream sent an invalid frame; closing session");
+                    tracing::error!(parent: &span, error = %e, "upstream sent an invalid frame; closing session");
                     return RelayEnd::ServerIo(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         e.to_string(),

@@ -106,6 +106,10 @@ pub struct SessionSeams {
     /// statement.
     lex: LexOptions,
     unsafe_encoding: Option<String>,
+    /// The session's span: not entered while the relay runs (see
+    /// `proxy::session_span`), so the seams' and the relay's log lines
+    /// name it as their parent.
+    pub span: tracing::Span,
 }
 
 impl SessionSeams {
@@ -132,6 +136,7 @@ impl SessionSeams {
             audit: None,
             lex: LexOptions::default(),
             unsafe_encoding: None,
+            span: tracing::Span::current(),
         }
     }
 
@@ -411,17 +416,17 @@ impl SessionSeams {
         match &eval.verdict {
             Verdict::Allow => FrontendAction::Forward,
             Verdict::Rewrite { rule_id, sql, .. } => {
-                tracing::debug!(rule = %rule_id, statement = %preview(eval), "statement rewritten");
+                tracing::debug!(parent: &self.span, rule = %rule_id, statement = %preview(eval), "statement rewritten");
                 FrontendAction::Replace(rewritten(sql))
             }
             Verdict::Monitored { rule_id, reason } => {
-                tracing::warn!(rule = %rule_id, %reason, statement = %preview(eval), "statement monitored (would be blocked)");
+                tracing::warn!(parent: &self.span, rule = %rule_id, %reason, statement = %preview(eval), "statement monitored (would be blocked)");
                 FrontendAction::Forward
             }
             Verdict::Block(block) => {
                 self.blocked += 1;
                 self.block_counter += 1;
-                tracing::warn!(rule = %block.rule_id, statement = %preview(eval), "statement blocked");
+                tracing::warn!(parent: &self.span, rule = %block.rule_id, statement = %preview(eval), "statement blocked");
                 let token = format!("pgward_blocked_{}_{}", self.session_id, self.block_counter);
                 let reply = PgError::error("42501", block.message.clone())
                     .with_detail(block.detail.clone())

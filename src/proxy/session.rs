@@ -10,11 +10,12 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{field, info, warn, Instrument};
+use tracing::{field, info, warn};
 
 use super::handshake::{self, HandshakeError};
 use super::relay::{self, RelayEnd, RelayLimits, Traffic};
 use super::seams::SessionSeams;
+use super::session_span::{SessionSpan, SpanSwitch};
 use super::stream::ClientStream;
 use super::{upstream, Live, Shared};
 use crate::admin::metrics::metrics;
@@ -40,7 +41,7 @@ pub async fn serve(
         database = field::Empty,
         application_name = field::Empty,
     );
-    run(shared, tcp, peer, id, permit).instrument(span).await
+    SessionSpan::new(span, |switch| run(shared, tcp, peer, id, permit, switch)).await
 }
 
 /// What the startup phase produced.
@@ -56,6 +57,7 @@ async fn run(
     peer: SocketAddr,
     id: u64,
     permit: Option<OwnedSemaphorePermit>,
+    span_switch: SpanSwitch,
 ) {
     let opened = Instant::now();
     let _ = tcp.set_nodelay(true);
@@ -384,6 +386,8 @@ async fn run(
         idle_timeout: live.config.timeouts.idle(),
     };
     drop(live);
+    // The relay's few log lines name the span themselves (see `session_span`).
+    span_switch.pause();
     let end = relay::relay(
         client,
         server,
@@ -395,6 +399,7 @@ async fn run(
         shared.phase.subscribe(),
     )
     .await;
+    span_switch.resume().await;
 
     if let Some((pid, secret)) = &established.backend_key {
         shared.cancel.remove(*pid, secret);
