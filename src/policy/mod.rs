@@ -472,10 +472,7 @@ impl Policy {
             if prepared.lookup(name).is_some() {
                 return None;
             }
-            let executed = as_executed(name, body);
-            let Verdict::Block(b) = self.decide(std::slice::from_ref(&executed), scope) else {
-                return None;
-            };
+            let b = self.execute_block(name, body, scope)?;
             Some(Block {
                 message: format!(
                     "pgward: PREPARE {name} blocked: rule \"{}\" would block its EXECUTE, and this session already has {MAX_KEPT_PREPARED} prepared statements",
@@ -488,13 +485,23 @@ impl Policy {
         })
     }
 
+    /// The block `EXECUTE name` of `body` would get for `scope`, if any.
+    fn execute_block(
+        &self,
+        name: &str,
+        body: &StatementFacts,
+        scope: &SessionScope,
+    ) -> Option<Block> {
+        let executed = as_executed(name, body);
+        match self.decide(std::slice::from_ref(&executed), scope) {
+            Verdict::Block(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Would `EXECUTE name` of `body` be blocked for `scope`?
     fn blocks_execute(&self, name: &str, body: &StatementFacts, scope: &SessionScope) -> bool {
-        let executed = as_executed(name, body);
-        matches!(
-            self.decide(std::slice::from_ref(&executed), scope),
-            Verdict::Block(_)
-        )
+        self.execute_block(name, body, scope).is_some()
     }
 
     /// Decide on a Query/Parse whose text pgward cannot read safely (invalid
