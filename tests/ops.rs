@@ -484,6 +484,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `pgward run --config path` (the real binary), its log to `stderr`.
+fn run_binary(path: &Path, stderr: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .args(["run", "--config"])
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn kill(pid: u32, signal: &str) {
     let ok = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -509,12 +520,7 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
             )
     };
     write(&path, &text(""));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_binary(&path, std::process::Stdio::null());
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(admin).await.is_err() {
@@ -843,13 +849,7 @@ async fn relay_log_lines_name_the_session() {
         &path,
         &config_text("").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = run_binary(&path, std::fs::File::create(&log).unwrap().into());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).await.is_err() {
