@@ -225,9 +225,12 @@ impl Event {
 fn audit_thread() -> Handle {
     static AUDIT: OnceLock<Option<Handle>> = OnceLock::new();
     let started = AUDIT.get_or_init(|| {
-        crate::proxy::loops::runtime_thread("pgward-audit".into())
-            .map_err(|e| tracing::error!(error = %e, "cannot start the audit thread"))
-            .ok()
+        crate::proxy::loops::runtime_thread(
+            "pgward-audit".into(),
+            crate::proxy::loops::Clock::TimeDriver,
+        )
+        .map_err(|e| tracing::error!(error = %e, "cannot start the audit thread"))
+        .ok()
     });
     started.clone().unwrap_or_else(Handle::current)
 }

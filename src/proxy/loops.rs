@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 
+use super::timer;
 use crate::admin::loop_metrics;
 
 /// `PGWARD_WORKER_THREADS=N` sets the number of loops; the default is one
@@ -53,9 +54,16 @@ impl SessionLoops {
     }
 
     fn start(n: usize) -> Option<SessionLoops> {
+        // The loops' timers run on the shared timer thread (`proxy::timer`);
+        // only if it cannot start do the loops need tokio's time driver.
+        let clock = if timer::shared_thread_running() {
+            Clock::SharedTimerThread
+        } else {
+            Clock::TimeDriver
+        };
         let mut loops = Vec::with_capacity(n);
         for i in 0..n {
-            match start_loop(i) {
+            match start_loop(i, clock) {
                 Ok(l) => loops.push(l),
                 Err(e) => tracing::error!(error = %e, "cannot start session loop {i}"),
             }
@@ -89,16 +97,14 @@ impl SessionLoops {
     }
 }
 
-fn start_loop(i: usize) -> std::io::Result<Loop> {
-    let handle = runtime_thread(format!("pgward-loop-{i}"))?;
+fn start_loop(i: usize, clock: Clock) -> std::io::Result<Loop> {
+    let handle = runtime_thread(format!("pgward-loop-{i}"), clock)?;
     // The loop's sessions count per-message metrics on this thread's shard
     // (see `admin::loop_metrics`); add it to the shared metrics regularly.
     handle.spawn(async {
         loop_metrics::install();
-        let mut tick = tokio::time::interval(loop_metrics::FLUSH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            timer::sleep(loop_metrics::FLUSH_INTERVAL).await;
             loop_metrics::flush();
         }
     });
@@ -108,12 +114,24 @@ fn start_loop(i: usize) -> std::io::Result<Loop> {
     })
 }
 
+/// Where a runtime's timers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// tokio's time driver, read at every park (`tokio::time` works).
+    TimeDriver,
+    /// No time driver: the runtime's code uses `proxy::timer` only.
+    SharedTimerThread,
+}
+
 /// A single-threaded runtime on a thread of its own, named `name`, running
 /// for the rest of the process (the session loops, the audit pipeline).
-pub fn runtime_thread(name: String) -> std::io::Result<Handle> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+pub fn runtime_thread(name: String, clock: Clock) -> std::io::Result<Handle> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io();
+    if clock == Clock::TimeDriver {
+        builder.enable_time();
+    }
+    let runtime = builder.build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name(name)

@@ -11,6 +11,7 @@ pub mod seams;
 pub mod session;
 pub mod session_span;
 pub mod stream;
+pub mod timer;
 pub mod upstream;
 
 use std::future::Future;

@@ -9,18 +9,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
 
 use super::race::{Gated, Race};
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
 };
+use super::timer::{self, Sleep};
 use super::Phase;
 use crate::admin::loop_metrics;
 use crate::wire::errors::{sqlstate, PgError};
@@ -165,7 +165,7 @@ pub async fn relay(
     let last = farewell.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(bytes) = last.filter(|_| client_at_boundary.load(Ordering::Acquire)) {
         // A client that stopped reading must not hold the session open.
-        let _ = tokio::time::timeout(FAREWELL_WAIT, client_write.write_all(&bytes)).await;
+        let _ = timer::timeout(FAREWELL_WAIT, client_write.write_all(&bytes)).await;
     }
     let _ = client_write.flush().await;
     let _ = client_write.shutdown().await;
@@ -212,6 +212,8 @@ async fn pump_frontend(
     // Auditing follows every Execute back to its statement.
     let audit = lock(seams).audit.as_ref().map(|a| a.audit().clone());
     let span = lock(seams).span.clone();
+    // The idle-timeout or drain timer, kept across reads.
+    let mut wakeup: Option<Sleep> = None;
     loop {
         let mut start = 0usize;
         let mut pos = 0usize;
@@ -313,7 +315,7 @@ async fn pump_frontend(
             // idle clock; look again after one period.
             let idle_deadline = idle_limit.map(|limit| {
                 let idle_since = lock(seams).idle_since();
-                idle_since.map_or_else(Instant::now, Instant::from_std) + limit
+                idle_since.unwrap_or_else(Instant::now) + limit
             });
             // While draining, look for the idle point a reply creates.
             let drain_tick =
@@ -322,6 +324,15 @@ async fn pump_frontend(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // The armed timer is kept while it is not later than needed: a
+            // timer that fires early only makes the branch below look again.
+            // So an idle timeout arms one timer per idle period, not one per
+            // round trip.
+            match (wake, &wakeup) {
+                (None, _) => wakeup = None,
+                (Some(at), Some(armed)) if armed.deadline() <= at => {}
+                (Some(at), _) => wakeup = Some(timer::sleep_until(at)),
+            }
             // Reads first: the other branches are looked at when the
             // socket has nothing (and a flood still yields to them when the
             // task's cooperative budget runs out).
@@ -338,7 +349,8 @@ async fn pump_frontend(
                     None => phase_watched = false,
                 },
                 _ = ready_seen.notified(), if phase == Phase::Draining => {}
-                _ = sleep_until_opt(wake), if wake.is_some() => {
+                _ = wake_at(&mut wakeup), if wakeup.is_some() => {
+                    wakeup = None;
                     let Some(limit) = idle_limit else { continue };
                     let idle_for = lock(seams).idle_since().map(|t| t.elapsed());
                     if idle_for.is_some_and(|d| d >= limit) {
@@ -369,9 +381,9 @@ async fn next_phase(mut rx: watch::Receiver<Phase>) -> Option<(Phase, watch::Rec
     Some((phase, rx))
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+async fn wake_at(timer: &mut Option<Sleep>) {
+    match timer {
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }
@@ -410,7 +422,7 @@ async fn close_for_shutdown(
     cut_at_boundary.store(true, Ordering::Release);
     // The relay ends when the backend side has cut; this is the backstop
     // for a server that stops sending in the middle of a frame.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    timer::sleep(Duration::from_secs(5)).await;
     tracing::warn!(parent: span, "closing mid-frame: no frame boundary toward the client within 5 s");
     RelayEnd::Shutdown
 }

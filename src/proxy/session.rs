@@ -17,6 +17,7 @@ use super::relay::{self, RelayEnd, RelayLimits, Traffic};
 use super::seams::SessionSeams;
 use super::session_span::{SessionSpan, SpanSwitch};
 use super::stream::ClientStream;
+use super::timer;
 use super::{upstream, Live, Shared};
 use crate::admin::metrics::metrics;
 use crate::config::ClientTlsMode;
@@ -63,10 +64,12 @@ async fn run(
     let _ = tcp.set_nodelay(true);
     // This session's config snapshot; the policy itself is re-read per statement.
     let live = shared.live.load_full();
-    let deadline = tokio::time::Instant::now() + live.config.timeouts.startup();
+    // One deadline bounds negotiation, the identity check and the upstream
+    // handshake together.
+    let mut deadline = timer::sleep(live.config.timeouts.startup());
     let m = metrics();
 
-    let negotiated = tokio::time::timeout_at(deadline, negotiate(&shared, &live, tcp)).await;
+    let negotiated = timer::within(&mut deadline, negotiate(&shared, &live, tcp)).await;
     let (mut client, startup) = match negotiated {
         Ok(Ok(Negotiated::Session(c, s))) => (c, s),
         Ok(Ok(Negotiated::Done)) => return,
@@ -165,7 +168,7 @@ async fn run(
         Some(peer.ip()),
         id,
     );
-    let admission = match tokio::time::timeout_at(deadline, admit).await {
+    let admission = match timer::within(&mut deadline, admit).await {
         Ok(Ok(a)) => a,
         Ok(Err(refusal)) => {
             m.auth_failures.with_label_values(&[refusal.label]).inc();
@@ -201,7 +204,7 @@ async fn run(
     }
 
     let connect = upstream::connect(&live.target, live.upstream_tls.as_ref());
-    let mut server = match tokio::time::timeout(live.config.timeouts.connect(), connect).await {
+    let mut server = match timer::timeout(live.config.timeouts.connect(), connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             m.upstream_connect_errors
@@ -245,7 +248,7 @@ async fn run(
         identity: admission.identity.clone(),
     };
     let mut seams = SessionSeams::new(shared.policy.clone(), scope, id);
-    let established = tokio::time::timeout_at(deadline, async {
+    let established = timer::within(&mut deadline, async {
         let context = &admission.settings;
         match &admission.login {
             None => {
@@ -277,6 +280,8 @@ async fn run(
         }
     })
     .await;
+    // Startup is over: let the timer go now rather than at its deadline.
+    drop(deadline);
     let established = match established {
         Ok(Ok(e)) => e,
         Ok(Err(HandshakeError::ServerRejected(reason))) => {
