@@ -57,6 +57,12 @@ impl ReadSizer {
         if buf.is_empty() && self.release {
             *buf = BytesMut::with_capacity(self.chunk);
             self.release = false;
+        } else if buf.is_empty() && buf.capacity() < self.chunk {
+            // Drained with the cursor moved on: start again at the front of
+            // the allocation (reclaimed in place, nothing to copy), so every
+            // round trip reads into the same cache-warm lines instead of
+            // walking through the whole buffer between reclaims.
+            buf.reserve(self.chunk);
         }
         if buf.capacity() - buf.len() < self.chunk / 2 {
             buf.reserve(self.chunk);
@@ -585,5 +591,26 @@ mod tests {
         assert_eq!(&buf[..], &[1; 100][..]);
         buf.advance(100);
         assert!(sizer.prepare(&mut buf) <= 2 * READ_CHUNK);
+    }
+
+    #[test]
+    fn a_drained_buffer_reads_into_the_same_bytes_again() {
+        let mut sizer = ReadSizer::new();
+        let mut buf = BytesMut::new();
+        sizer.prepare(&mut buf);
+        let front = buf.as_ptr();
+        for n in [5, 300, 2000, 7000] {
+            buf.extend_from_slice(&vec![7; n]);
+            buf.advance(n);
+            sizer.observe(READ_CHUNK, n);
+            let offered = sizer.prepare(&mut buf);
+            assert_eq!(buf.as_ptr(), front, "after a read of {n}");
+            assert!(offered >= READ_CHUNK);
+        }
+        // Bytes still held stay where they are.
+        buf.extend_from_slice(b"half a frame");
+        buf.advance(5);
+        sizer.prepare(&mut buf);
+        assert_eq!(&buf[..], b"a frame");
     }
 }
