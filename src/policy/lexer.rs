@@ -265,7 +265,7 @@ pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
     let mut i = 0usize;
     let mut depth = 0usize;
     // Operators since the last comma, per open parenthesis level, and their sum.
-    let mut ops_stack: Vec<usize> = vec![0];
+    let mut ops_stack = OpsStack::default();
     let mut ops_path = 0usize;
     let mut stmt_start_tok = 0usize;
 
@@ -467,20 +467,17 @@ pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
             _ => false,
         };
         match kind {
-            TokenKind::LParen | TokenKind::LBracket => ops_stack.push(0),
-            TokenKind::RParen | TokenKind::RBracket if ops_stack.len() > 1 => {
-                ops_path -= ops_stack.pop().unwrap_or(0);
+            TokenKind::LParen | TokenKind::LBracket => ops_stack.nested.push(0),
+            TokenKind::RParen | TokenKind::RBracket if !ops_stack.nested.is_empty() => {
+                ops_path -= ops_stack.nested.pop().unwrap_or(0);
             }
             TokenKind::Comma | TokenKind::Semicolon => {
-                if let Some(top) = ops_stack.last_mut() {
-                    ops_path -= *top;
-                    *top = 0;
-                }
+                let top = ops_stack.top();
+                ops_path -= *top;
+                *top = 0;
             }
             _ if counts_as_op => {
-                if let Some(top) = ops_stack.last_mut() {
-                    *top += 1;
-                }
+                *ops_stack.top() += 1;
                 ops_path += 1;
                 if ops_path > MAX_OPERATORS {
                     return Err(LexError::TooManyOperators);
@@ -504,6 +501,20 @@ pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
     let end = out.tokens.len();
     push_statement(&mut out, stmt_start_tok, end);
     Ok(out)
+}
+
+/// Operators since the last comma, per open parenthesis level: the outer
+/// level inline, so a statement without parentheses allocates nothing.
+#[derive(Default)]
+struct OpsStack {
+    outer: usize,
+    nested: Vec<usize>,
+}
+
+impl OpsStack {
+    fn top(&mut self) -> &mut usize {
+        self.nested.last_mut().unwrap_or(&mut self.outer)
+    }
 }
 
 fn push_statement(out: &mut Lexed, from: usize, to: usize) {

@@ -635,11 +635,13 @@ impl Policy {
         // text (see `template`). Lexing fails the same way in classify, so
         // an unlexable text simply takes the exact path.
         let lexed = lexer::lex(sql, lex).ok();
-        let template_key = lexed.as_ref().and_then(|l| template::key(sql, l));
-        if let (Some(key), Some(l)) = (template_key.as_deref(), &lexed) {
-            if let Some(facts) = memo.instance(key, scs, sql, l) {
+        if let Some(l) = &lexed {
+            if let Some(facts) = memo.instance(scs, sql, l) {
                 return (facts, lexed);
             }
+        }
+        let template_key = lexed.as_ref().and_then(|l| template::key(sql, l));
+        if let (Some(key), Some(l)) = (template_key.as_deref(), &lexed) {
             if let Some(t) = self.templates.get(key, scs) {
                 let facts = Arc::new(template::instantiate(&t, sql, l));
                 memo.remember_template(key.to_string(), scs, &facts);

@@ -28,31 +28,57 @@ use super::lexer::{self, Lexed, TokenKind};
 /// instance (`$1` parameters are not literals), and the exact-text cache
 /// answers it without lexing.
 pub fn key(sql: &str, lexed: &Lexed) -> Option<String> {
+    let mut out = String::with_capacity(sql.len() + 8);
+    key_parts(sql, lexed, |part| {
+        out.push_str(part);
+        true
+    })
+    .then_some(out)
+}
+
+/// Whether `key(sql, lexed)` would be `Some(key)`, without building it: a
+/// session looping over one shape asks this of every statement.
+pub fn has_key(key: &str, sql: &str, lexed: &Lexed) -> bool {
+    let mut rest = key;
+    key_parts(sql, lexed, |part| match rest.strip_prefix(part) {
+        Some(r) => {
+            rest = r;
+            true
+        }
+        None => false,
+    }) && rest.is_empty()
+}
+
+/// Feed the parts of `sql`'s template key to `part` in order, stopping
+/// when it returns false. True when every part was taken and the key
+/// exists (one statement, a literal, no Unicode escapes).
+fn key_parts(sql: &str, lexed: &Lexed, mut part: impl FnMut(&str) -> bool) -> bool {
     let [stmt] = lexed.statements.as_slice() else {
-        return None;
+        return false;
     };
     let mut literals = false;
-    let mut out = String::with_capacity(stmt.bytes.len() + 8);
     for t in &lexed.tokens[stmt.tokens.clone()] {
         let marker = match t.kind {
-            TokenKind::UnicodeIdent | TokenKind::UnicodeString => return None,
-            TokenKind::Number => "\u{1}n",
-            TokenKind::String { escapes: false } => "\u{1}s",
-            TokenKind::String { escapes: true } => "\u{1}b",
-            TokenKind::EString => "\u{1}e",
-            TokenKind::DollarString => "\u{1}d",
-            TokenKind::BitString => "\u{1}x",
+            TokenKind::UnicodeIdent | TokenKind::UnicodeString => return false,
+            TokenKind::Number => "\u{1}n\u{2}",
+            TokenKind::String { escapes: false } => "\u{1}s\u{2}",
+            TokenKind::String { escapes: true } => "\u{1}b\u{2}",
+            TokenKind::EString => "\u{1}e\u{2}",
+            TokenKind::DollarString => "\u{1}d\u{2}",
+            TokenKind::BitString => "\u{1}x\u{2}",
             _ => {
-                out.push_str(lexer::text(sql, t));
-                out.push('\u{2}');
+                if !(part(lexer::text(sql, t)) && part("\u{2}")) {
+                    return false;
+                }
                 continue;
             }
         };
         literals = true;
-        out.push_str(marker);
-        out.push('\u{2}');
+        if !part(marker) {
+            return false;
+        }
     }
-    literals.then_some(out)
+    literals
 }
 
 /// Whether facts classified from one instance of a template hold for every
@@ -99,6 +125,44 @@ mod tests {
 
     fn key_of(sql: &str) -> Option<String> {
         key(sql, &lex(sql, LexOptions::default()).unwrap())
+    }
+
+    #[test]
+    fn has_key_answers_exactly_what_comparing_built_keys_would() {
+        let texts = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 22;",
+            "select abalance from pgbench_accounts where aid = 3",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = '1'",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1 AND bid = 2",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1 AND",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid",
+            "SELECT abalance FROM pgbench_accountsWHERE aid = 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1 -- note",
+            "SELECT a FROM t WHERE x = E'a'",
+            "SELECT a FROM t WHERE x = $$a$$",
+            "SELECT a FROM t WHERE x = B'1'",
+            "SELECT U&\"a\" FROM t WHERE x = 1",
+            "SELECT 1; SELECT 2",
+            "SELECT 1",
+            "SELECT",
+            "",
+        ];
+        let lexed: Vec<_> = texts
+            .iter()
+            .map(|t| lex(t, LexOptions::default()).unwrap())
+            .collect();
+        let mut keys = 0;
+        for (a, la) in texts.iter().zip(&lexed) {
+            let Some(ka) = key(a, la) else { continue };
+            keys += 1;
+            for (b, lb) in texts.iter().zip(&lexed) {
+                let same = key(b, lb).as_deref() == Some(ka.as_str());
+                assert_eq!(has_key(&ka, b, lb), same, "{a:?} / {b:?}");
+            }
+        }
+        assert!(keys >= 10, "{keys} texts with a key");
     }
 
     #[test]
