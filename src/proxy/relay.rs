@@ -19,6 +19,7 @@ use super::race::{Gated, Race};
 use super::seams::{BackendAction, FrontendAction, SessionSeams};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
+    WriteNow,
 };
 use super::timer::{self, Sleep};
 use super::Phase;
@@ -434,9 +435,33 @@ async fn close_for_shutdown(
 }
 
 /// Write and flush: TLS streams hold written bytes until flushed.
-async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(bytes).await?;
+async fn write_flush<W: AsyncWrite + WriteNow + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    // Most writes fit the socket's room at once; the rest (a full socket
+    // buffer, TLS) go through `write_all`.
+    let attempt = if bytes.is_empty() {
+        None
+    } else {
+        w.write_now(bytes)
+    };
+    let sent = match attempt {
+        Some(Ok(n)) => n,
+        Some(Err(e)) if !retry_with_write_all(&e) => return Err(e),
+        _ => 0,
+    };
+    if sent < bytes.len() {
+        w.write_all(&bytes[sent..]).await?;
+    }
     w.flush().await
+}
+
+fn retry_with_write_all(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }
 
 async fn write_pair<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> std::io::Result<()> {

@@ -112,6 +112,34 @@ impl UpstreamStream {
     }
 }
 
+/// A write half that can take bytes without a future when its socket has
+/// room: the relay's one write per read, without the waker registration,
+/// budget and polling `write_all` goes through.
+pub trait WriteNow {
+    /// Send what the socket takes now (`WouldBlock` if nothing); `None`
+    /// for TLS, whose writes go through the session's encryption state.
+    fn write_now(&self, buf: &[u8]) -> Option<io::Result<usize>>;
+}
+
+impl WriteNow for ClientWriter {
+    fn write_now(&self, buf: &[u8]) -> Option<io::Result<usize>> {
+        match self {
+            ClientWriter::Plain(w) => Some(w.try_write(buf)),
+            ClientWriter::Tls(_) => None,
+        }
+    }
+}
+
+impl WriteNow for UpstreamWriter {
+    fn write_now(&self, buf: &[u8]) -> Option<io::Result<usize>> {
+        match self {
+            UpstreamWriter::Tcp(w) => Some(w.try_write(buf)),
+            UpstreamWriter::Unix(w) => Some(w.try_write(buf)),
+            UpstreamWriter::Tls(_) => None,
+        }
+    }
+}
+
 macro_rules! delegate_read {
     ($ty:ident { $($variant:ident),* }) => {
         impl AsyncRead for $ty {
