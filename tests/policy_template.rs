@@ -124,14 +124,22 @@ fn cached_verdicts_equal_fresh_verdicts() {
 
 /// A session's memo (the last exact text, the last template instance)
 /// answers exactly what a fresh policy would, including each instance's own
-/// text, whether the previous instance is still held or was released.
+/// text, whether the previous instance is still held or was released, and
+/// whether the session wants the policy's lex (then it is the lexer's).
 #[test]
 fn a_session_memo_answers_what_a_fresh_policy_would() {
+    for lex_wanted in [true, false] {
+        memo_answers_what_a_fresh_policy_would(lex_wanted);
+    }
+}
+
+fn memo_answers_what_a_fresh_policy_would(lex_wanted: bool) {
     let cached = Policy::from_config(&PolicyConfig::default()).unwrap();
     let scope = SessionScope::default();
     let reg = PreparedRegistry::new();
     let opts = LexOptions::default();
     let mut memo = FactsMemo::new();
+    memo.set_lex_wanted(lex_wanted);
     let mut held = Vec::new();
     for sql in statements() {
         for i in 0..4 {
@@ -141,10 +149,14 @@ fn a_session_memo_answers_what_a_fresh_policy_would() {
                 mutate(&sql, i).unwrap_or(sql.clone())
             };
             let fresh = Policy::from_config(&PolicyConfig::default()).unwrap();
-            let (a, _) = cached.evaluate_lexed(&text, &scope, opts, &reg, &mut memo);
+            let (a, lexed) = cached.evaluate_lexed(&text, &scope, opts, &reg, &mut memo);
             let b = fresh.evaluate(&text, &scope, opts, &reg);
             assert_eq!(a.verdict, b.verdict, "{text:?}");
             assert_eq!(a.statements, b.statements, "{text:?}");
+            if let Some(l) = lexed {
+                assert_eq!(Ok(l.clone()), lex(&text, opts), "{text:?}");
+                memo.recycle(l);
+            }
             if i == 1 {
                 held.push((text, a));
             }
@@ -234,4 +246,57 @@ action = "block"
         }
     }
     assert!(differ > 10, "the two policies judge differently ({differ})");
+}
+
+/// A session recognises the next instance of a template by comparing bytes
+/// around the literals (`template::Shape`) instead of lexing it. Over the
+/// corpus, other-literal instances and hostile one-byte edits (a byte
+/// inserted or removed anywhere, gluing a literal to its neighbour or
+/// changing its kind), a shape never matches a text whose key lexing gives
+/// differently, and what it matches it lexes exactly as the lexer does.
+#[test]
+fn shapes_match_only_what_lexing_confirms() {
+    const INSERTS: &[&str] = &["N", "1", ".", "'", "e", "$", "-", ":", " ", "\\", "E'"];
+    let opts = LexOptions::default();
+    let (mut shapes, mut matches, mut edits) = (0, 0, 0);
+    let mut got = lexer::Lexed::default();
+    for sql in statements() {
+        let Ok(lexed) = lex(&sql, opts) else { continue };
+        let Some(shape) = template::Shape::of(&sql, &lexed) else {
+            continue;
+        };
+        shapes += 1;
+        let key = template::key(&sql, &lexed);
+        let mut others: Vec<String> = (0..STRINGS.len().max(NUMBERS.len()))
+            .filter_map(|i| mutate(&sql, i))
+            .collect();
+        let boundaries = (0..=sql.len()).filter(|&i| sql.is_char_boundary(i));
+        for at in boundaries {
+            for ins in INSERTS {
+                others.push(format!("{}{ins}{}", &sql[..at], &sql[at..]));
+            }
+            if let Some(c) = sql[at..].chars().next() {
+                others.push(format!("{}{}", &sql[..at], &sql[at + c.len_utf8()..]));
+            }
+        }
+        for other in &others {
+            edits += 1;
+            if !shape.lex_instance(other, opts, &mut got) {
+                continue;
+            }
+            let other_lexed = lex(other, opts).expect("a text a shape matched lexes");
+            assert_eq!(
+                template::key(other, &other_lexed),
+                key,
+                "{sql:?} vs {other:?}"
+            );
+            assert_eq!(got, other_lexed, "{sql:?} vs {other:?}");
+            matches += 1;
+        }
+    }
+    assert!(shapes >= 15, "only {shapes} shapes");
+    assert!(
+        matches >= 100,
+        "only {matches} of {edits} texts matched a shape"
+    );
 }

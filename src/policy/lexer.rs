@@ -138,7 +138,7 @@ pub struct StatementSpan {
 }
 
 /// Result of lexing a Query string.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lexed {
     /// Every token except whitespace and comments, `;` included.
     pub tokens: Vec<Token>,
@@ -255,9 +255,18 @@ fn is_chain_keyword(word: &str) -> bool {
 
 /// Lex `sql` the way Postgres does. See the module docs.
 pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
+    let mut out = Lexed::default();
+    lex_into(sql, opts, &mut out)?;
+    Ok(out)
+}
+
+/// [`lex`] into `out`, reusing its buffers: a session lexing one
+/// statement after another allocates nothing once they are big enough.
+/// `out` is cleared first; after an error its contents are unspecified.
+pub fn lex_into(sql: &str, opts: LexOptions, out: &mut Lexed) -> Result<(), LexError> {
     let b = sql.as_bytes();
     let n = b.len();
-    let mut out = Lexed::default();
+    out.clear();
     // About one token per five bytes of typical SQL: one allocation, not a
     // series of regrowths, for the common short statement.
     out.tokens.reserve((n / 5 + 8).min(1 << 16));
@@ -316,151 +325,19 @@ pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
         }
 
         let start = i;
-        let kind = match c {
-            b'\'' => {
-                let esc = !opts.standard_conforming_strings;
-                i = scan_quoted(b, i + 1, b'\'', esc).ok_or(LexError::UnterminatedString(start))?;
-                TokenKind::String { escapes: esc }
-            }
-            b'"' => {
-                i = scan_quoted(b, i + 1, b'"', false)
-                    .ok_or(LexError::UnterminatedIdentifier(start))?;
-                TokenKind::QuotedIdent
-            }
-            b'$' => {
-                if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
-                    i += 1;
-                    while i < n && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                    TokenKind::Param
-                } else if let Some(tag_end) = dollar_delim(b, i) {
-                    let delim = &b[i..tag_end];
-                    let body = tag_end;
-                    match find(b, body, delim) {
-                        Some(pos) => {
-                            if let Some(z) = b[body..pos].iter().position(|&x| x == 0) {
-                                return Err(LexError::Nul(body + z));
-                            }
-                            i = pos + delim.len();
-                        }
-                        None => return Err(LexError::UnterminatedDollarQuote(start)),
-                    }
-                    TokenKind::DollarString
-                } else {
-                    i += 1;
-                    TokenKind::Other
-                }
-            }
-            _ if is_ident_start(c) => {
-                let next = b.get(i + 1).copied();
-                let lc = c.to_ascii_lowercase();
-                if next == Some(b'\'') && matches!(lc, b'e' | b'b' | b'x' | b'n') {
-                    let esc = match lc {
-                        b'e' => true,
-                        b'n' => !opts.standard_conforming_strings,
-                        _ => false,
-                    };
-                    i = scan_quoted(b, i + 2, b'\'', esc)
-                        .ok_or(LexError::UnterminatedString(start))?;
-                    match lc {
-                        b'e' => TokenKind::EString,
-                        b'n' => TokenKind::String { escapes: esc },
-                        _ => TokenKind::BitString,
-                    }
-                } else if lc == b'u' && next == Some(b'&') && b.get(i + 2) == Some(&b'\'') {
-                    if !opts.standard_conforming_strings {
-                        return Err(LexError::UnsafeUnicodeString(start));
-                    }
-                    i = scan_quoted(b, i + 3, b'\'', false)
-                        .ok_or(LexError::UnterminatedString(start))?;
-                    TokenKind::UnicodeString
-                } else if lc == b'u' && next == Some(b'&') && b.get(i + 2) == Some(&b'"') {
-                    i = scan_quoted(b, i + 3, b'"', false)
-                        .ok_or(LexError::UnterminatedIdentifier(start))?;
-                    TokenKind::UnicodeIdent
-                } else {
-                    while i < n && is_ident_cont(b[i]) {
-                        i += 1;
-                    }
-                    TokenKind::Word
-                }
-            }
-            b'0'..=b'9' => {
-                i = scan_number(b, i);
-                TokenKind::Number
-            }
-            b'.' if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) => {
-                i = scan_number(b, i);
-                TokenKind::Number
-            }
-            b'(' => {
+        let (kind, end) = scan_token(sql, i, opts)?;
+        i = end;
+        match kind {
+            TokenKind::LParen | TokenKind::LBracket => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Err(LexError::TooDeep(i));
+                    return Err(LexError::TooDeep(start));
                 }
                 out.max_depth = out.max_depth.max(depth);
-                i += 1;
-                TokenKind::LParen
             }
-            b'[' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(LexError::TooDeep(i));
-                }
-                out.max_depth = out.max_depth.max(depth);
-                i += 1;
-                TokenKind::LBracket
-            }
-            b')' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-                TokenKind::RParen
-            }
-            b']' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-                TokenKind::RBracket
-            }
-            b',' => {
-                i += 1;
-                TokenKind::Comma
-            }
-            b';' => {
-                i += 1;
-                TokenKind::Semicolon
-            }
-            b'.' => {
-                i += 1;
-                TokenKind::Dot
-            }
-            b':' => {
-                i += 1;
-                if b.get(i) == Some(&b':') {
-                    i += 1;
-                }
-                TokenKind::Colon
-            }
-            _ if is_op_char(c) => {
-                // Maximal munch, but `--` and `/*` start comments even
-                // inside an operator (scan.l's {operator} rule).
-                i += 1;
-                while i < n && is_op_char(b[i]) {
-                    if (b[i] == b'-' && b.get(i + 1) == Some(&b'-'))
-                        || (b[i] == b'/' && b.get(i + 1) == Some(&b'*'))
-                    {
-                        break;
-                    }
-                    i += 1;
-                }
-                TokenKind::Operator
-            }
-            _ => {
-                // One whole UTF-8 character, so spans stay on char boundaries.
-                i += sql[i..].chars().next().map_or(1, char::len_utf8);
-                TokenKind::Other
-            }
-        };
+            TokenKind::RParen | TokenKind::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
         let counts_as_op = match kind {
             TokenKind::Operator | TokenKind::Colon => true,
             TokenKind::Word => is_chain_keyword(&sql[start..i]),
@@ -494,13 +371,157 @@ pub fn lex(sql: &str, opts: LexOptions) -> Result<Lexed, LexError> {
         // statement so that the parser rejects it too.
         if kind == TokenKind::Semicolon && depth == 0 {
             let end = out.tokens.len() - 1;
-            push_statement(&mut out, stmt_start_tok, end);
+            push_statement(out, stmt_start_tok, end);
             stmt_start_tok = out.tokens.len();
         }
     }
     let end = out.tokens.len();
-    push_statement(&mut out, stmt_start_tok, end);
-    Ok(out)
+    push_statement(out, stmt_start_tok, end);
+    Ok(())
+}
+
+/// The token starting at byte `i` of `sql` (not whitespace, not a
+/// comment): its kind and the index just past it. [`lex_into`] calls this
+/// for every token; `template` calls it to re-scan one literal.
+pub fn scan_token(sql: &str, i: usize, opts: LexOptions) -> Result<(TokenKind, usize), LexError> {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let c = b[i];
+    let start = i;
+    let mut i = i;
+    let kind = match c {
+        b'\'' => {
+            let esc = !opts.standard_conforming_strings;
+            i = scan_quoted(b, i + 1, b'\'', esc).ok_or(LexError::UnterminatedString(start))?;
+            TokenKind::String { escapes: esc }
+        }
+        b'"' => {
+            i = scan_quoted(b, i + 1, b'"', false)
+                .ok_or(LexError::UnterminatedIdentifier(start))?;
+            TokenKind::QuotedIdent
+        }
+        b'$' => {
+            if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
+                i += 1;
+                while i < n && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                TokenKind::Param
+            } else if let Some(tag_end) = dollar_delim(b, i) {
+                let delim = &b[i..tag_end];
+                let body = tag_end;
+                match find(b, body, delim) {
+                    Some(pos) => {
+                        if let Some(z) = b[body..pos].iter().position(|&x| x == 0) {
+                            return Err(LexError::Nul(body + z));
+                        }
+                        i = pos + delim.len();
+                    }
+                    None => return Err(LexError::UnterminatedDollarQuote(start)),
+                }
+                TokenKind::DollarString
+            } else {
+                i += 1;
+                TokenKind::Other
+            }
+        }
+        _ if is_ident_start(c) => {
+            let next = b.get(i + 1).copied();
+            let lc = c.to_ascii_lowercase();
+            if next == Some(b'\'') && matches!(lc, b'e' | b'b' | b'x' | b'n') {
+                let esc = match lc {
+                    b'e' => true,
+                    b'n' => !opts.standard_conforming_strings,
+                    _ => false,
+                };
+                i = scan_quoted(b, i + 2, b'\'', esc).ok_or(LexError::UnterminatedString(start))?;
+                match lc {
+                    b'e' => TokenKind::EString,
+                    b'n' => TokenKind::String { escapes: esc },
+                    _ => TokenKind::BitString,
+                }
+            } else if lc == b'u' && next == Some(b'&') && b.get(i + 2) == Some(&b'\'') {
+                if !opts.standard_conforming_strings {
+                    return Err(LexError::UnsafeUnicodeString(start));
+                }
+                i = scan_quoted(b, i + 3, b'\'', false)
+                    .ok_or(LexError::UnterminatedString(start))?;
+                TokenKind::UnicodeString
+            } else if lc == b'u' && next == Some(b'&') && b.get(i + 2) == Some(&b'"') {
+                i = scan_quoted(b, i + 3, b'"', false)
+                    .ok_or(LexError::UnterminatedIdentifier(start))?;
+                TokenKind::UnicodeIdent
+            } else {
+                while i < n && is_ident_cont(b[i]) {
+                    i += 1;
+                }
+                TokenKind::Word
+            }
+        }
+        b'0'..=b'9' => {
+            i = scan_number(b, i);
+            TokenKind::Number
+        }
+        b'.' if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) => {
+            i = scan_number(b, i);
+            TokenKind::Number
+        }
+        b'(' => {
+            i += 1;
+            TokenKind::LParen
+        }
+        b'[' => {
+            i += 1;
+            TokenKind::LBracket
+        }
+        b')' => {
+            i += 1;
+            TokenKind::RParen
+        }
+        b']' => {
+            i += 1;
+            TokenKind::RBracket
+        }
+        b',' => {
+            i += 1;
+            TokenKind::Comma
+        }
+        b';' => {
+            i += 1;
+            TokenKind::Semicolon
+        }
+        b'.' => {
+            i += 1;
+            TokenKind::Dot
+        }
+        b':' => {
+            i += 1;
+            if b.get(i) == Some(&b':') {
+                i += 1;
+            }
+            TokenKind::Colon
+        }
+        _ if is_op_char(c) => {
+            // Maximal munch, but `--` and `/*` start comments even
+            // inside an operator (scan.l's {operator} rule).
+            i += 1;
+            while i < n && is_op_char(b[i]) {
+                if (b[i] == b'-' && b.get(i + 1) == Some(&b'-'))
+                    || (b[i] == b'/' && b.get(i + 1) == Some(&b'*'))
+                {
+                    break;
+                }
+                i += 1;
+            }
+            TokenKind::Operator
+        }
+        _ => {
+            // One whole UTF-8 character, so spans stay on char boundaries.
+            i += sql[i..].chars().next().map_or(1, char::len_utf8);
+            TokenKind::Other
+        }
+    };
+    Ok((kind, i))
 }
 
 /// Operators since the last comma, per open parenthesis level: the outer
@@ -610,6 +631,14 @@ fn scan_number(b: &[u8], mut i: usize) -> usize {
 }
 
 impl Lexed {
+    /// Empty, keeping the buffers' capacity.
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.statements.clear();
+        self.has_comments = false;
+        self.max_depth = 0;
+    }
+
     /// Tokens of statement `idx`.
     pub fn statement_tokens(&self, idx: usize) -> &[Token] {
         match self.statements.get(idx) {

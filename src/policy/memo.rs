@@ -23,8 +23,8 @@
 use std::sync::Arc;
 
 use super::facts::StatementFacts;
-use super::lexer::Lexed;
-use super::template;
+use super::lexer::{LexOptions, Lexed};
+use super::template::{self, Shape};
 use super::Verdict;
 
 /// Texts and template keys longer than this are not remembered: a session
@@ -33,13 +33,18 @@ pub const MAX_MEMO_BYTES: usize = 2048;
 
 type Facts = Arc<Vec<StatementFacts>>;
 
-/// Per-session; see the module docs. `Default` is empty.
-#[derive(Debug, Default)]
+/// Per-session; see the module docs. `Default` is empty and makes lexes
+/// for its caller.
+#[derive(Debug)]
 pub struct FactsMemo {
     /// The last text answered from the exact-text cache or classified into it.
     exact: Option<Exact>,
     /// The last template key and the facts of its latest instance.
     template: Option<(bool, String, Facts)>,
+    /// Where the literals of that template's first instance are, when the
+    /// next instance can be recognised by its bytes (see
+    /// [`FactsMemo::instance_by_shape`]).
+    shape: Option<Shape>,
     /// The rules' verdict on the template's instances and the id of the
     /// policy that decided it (see [`FactsMemo::instance_decided`]).
     template_decided: Option<(u64, Verdict)>,
@@ -47,7 +52,16 @@ pub struct FactsMemo {
     /// session looping over one shape with new literals sends texts the
     /// exact caches cannot know, so the policy lexes those first.
     last_was_instance: bool,
+    /// Token buffers of a finished lex, lent to the next one (see
+    /// [`FactsMemo::take_lexed`]).
+    spare: Lexed,
+    /// See [`FactsMemo::set_lex_wanted`].
+    lex_wanted: bool,
 }
+
+/// A lex buffer holding more tokens than this is not kept for the next
+/// statement: an idle session keeps no large buffer (24 bytes a token).
+pub const MAX_SPARE_TOKENS: usize = 128;
 
 #[derive(Debug)]
 struct Exact {
@@ -56,6 +70,20 @@ struct Exact {
     facts: Facts,
     /// The verdict on `text` and the id of the policy that decided it.
     decided: Option<(u64, Verdict)>,
+}
+
+impl Default for FactsMemo {
+    fn default() -> Self {
+        FactsMemo {
+            exact: None,
+            template: None,
+            shape: None,
+            template_decided: None,
+            last_was_instance: false,
+            spare: Lexed::default(),
+            lex_wanted: true,
+        }
+    }
 }
 
 impl FactsMemo {
@@ -163,14 +191,80 @@ impl FactsMemo {
         Some(facts.clone())
     }
 
-    pub fn remember_template(&mut self, key: String, scs: bool, facts: &Facts) {
+    /// An empty lex buffer, with the capacity of one given back before.
+    pub fn take_lexed(&mut self) -> Lexed {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Give back a lex the session is done with; its buffers serve the next
+    /// statement unless they grew beyond [`MAX_SPARE_TOKENS`].
+    pub fn recycle(&mut self, mut lexed: Lexed) {
+        if lexed.tokens.capacity() <= MAX_SPARE_TOKENS && lexed.statements.capacity() <= 8 {
+            lexed.clear();
+            self.spare = lexed;
+        }
+    }
+
+    /// The facts and the lex (if wanted, see [`FactsMemo::set_lex_wanted`])
+    /// of `sql` if its bytes show it is an instance
+    /// of the template remembered last: the common case of a session
+    /// looping over one shape, answered without lexing `sql` (see
+    /// [`Shape::lex_instance`] for why that is exact).
+    pub fn instance_by_shape(
+        &mut self,
+        sql: &str,
+        opts: LexOptions,
+    ) -> Option<(Facts, Option<Lexed>)> {
+        let shape = self.shape.as_ref()?;
+        let (s, _, facts) = self.template.as_mut()?;
+        if *s != opts.standard_conforming_strings {
+            return None;
+        }
+        let mut lexed = self.lex_wanted.then(|| std::mem::take(&mut self.spare));
+        let Some(span) = shape.instance(sql, opts, lexed.as_mut()) else {
+            if let Some(l) = lexed {
+                self.spare = l;
+            }
+            return None;
+        };
+        let statement = &sql[span];
+        match Arc::get_mut(facts) {
+            Some(owned) => template::relabel_statement(owned, statement),
+            None => {
+                let mut copy = facts.to_vec();
+                template::relabel_statement(&mut copy, statement);
+                *facts = Arc::new(copy);
+            }
+        }
+        self.last_was_instance = true;
+        Some((facts.clone(), lexed))
+    }
+
+    /// Whether the caller wants the lex of a text answered by its bytes
+    /// (the audit redacts from it); without, none is made.
+    pub fn set_lex_wanted(&mut self, wanted: bool) {
+        self.lex_wanted = wanted;
+    }
+
+    /// Remember `sql` (lexed as `lexed`), an instance of the template `key`
+    /// with facts `facts`.
+    pub fn remember_template(
+        &mut self,
+        key: String,
+        scs: bool,
+        facts: &Facts,
+        sql: &str,
+        lexed: &Lexed,
+    ) {
         self.last_was_instance = true;
         self.template_decided = None;
-        if key.len() > MAX_MEMO_BYTES {
+        if key.len() > MAX_MEMO_BYTES || sql.len() > MAX_MEMO_BYTES {
             self.template = None;
+            self.shape = None;
             return;
         }
         self.template = Some((scs, key, facts.clone()));
+        self.shape = Shape::of(sql, lexed);
     }
 }
 
@@ -210,7 +304,7 @@ mod tests {
         let l1 = lex(first, opts).unwrap();
         let key = template::key(first, &l1).unwrap();
         let mut m = FactsMemo::new();
-        m.remember_template(key.clone(), true, &facts_of(first));
+        m.remember_template(key.clone(), true, &facts_of(first), first, &l1);
         assert!(m.instance(false, first, &l1).is_none());
         let other = "SELECT bbalance FROM pgbench_branches WHERE bid = 1";
         assert!(m

@@ -624,6 +624,10 @@ impl Policy {
         // they are asked in is only a matter of cost: after a template
         // instance, the next text is most likely another instance, which
         // the exact cache cannot know (a hash and a lock for nothing).
+        // Another instance of the template answered last, told by its bytes.
+        if let Some(hit) = memo.instance_by_shape(sql, lex) {
+            return hit;
+        }
         let instance_first = memo.expects_instance();
         if !instance_first {
             if let Some(hit) = self.cache.get(sql, scs) {
@@ -634,7 +638,10 @@ impl Policy {
         // Plain reads with inlined literals: one entry per shape, not per
         // text (see `template`). Lexing fails the same way in classify, so
         // an unlexable text simply takes the exact path.
-        let lexed = lexer::lex(sql, lex).ok();
+        let mut buffer = memo.take_lexed();
+        let lexed = lexer::lex_into(sql, lex, &mut buffer)
+            .is_ok()
+            .then_some(buffer);
         if let Some(l) = &lexed {
             if let Some(facts) = memo.instance(scs, sql, l) {
                 return (facts, lexed);
@@ -644,7 +651,7 @@ impl Policy {
         if let (Some(key), Some(l)) = (template_key.as_deref(), &lexed) {
             if let Some(t) = self.templates.get(key, scs) {
                 let facts = Arc::new(template::instantiate(&t, sql, l));
-                memo.remember_template(key.to_string(), scs, &facts);
+                memo.remember_template(key.to_string(), scs, &facts, sql, l);
                 return (facts, lexed);
             }
         }
@@ -655,10 +662,10 @@ impl Policy {
             }
         }
         let facts = Arc::new(classify::classify_with(sql, lex));
-        match template_key {
-            Some(key) if template::literal_insensitive(&facts) => {
+        match (template_key, &lexed) {
+            (Some(key), Some(l)) if template::literal_insensitive(&facts) => {
                 self.templates.put(&key, scs, facts.clone());
-                memo.remember_template(key, scs, &facts);
+                memo.remember_template(key, scs, &facts, sql, l);
             }
             _ => {
                 self.cache.put(sql, scs, facts.clone());

@@ -19,8 +19,10 @@
 //! The text is still lexed in full first (same lexer, same ambiguity
 //! checks), so token boundaries are exactly Postgres' own.
 
+use std::ops::Range;
+
 use super::facts::{StatementFacts, StatementKind};
-use super::lexer::{self, Lexed, TokenKind};
+use super::lexer::{self, LexOptions, Lexed, TokenKind};
 
 /// The template key of `sql`, when it is a single statement with at least
 /// one literal and without Unicode escapes. `None` means "use the
@@ -81,6 +83,186 @@ fn key_parts(sql: &str, lexed: &Lexed, mut part: impl FnMut(&str) -> bool) -> bo
     literals
 }
 
+/// One instance of a template and its lex, so that the next text can be
+/// recognised as another instance by comparing bytes instead of lexing it
+/// whole (see [`Shape::lex_instance`]).
+#[derive(Debug, Clone)]
+pub struct Shape {
+    text: Box<str>,
+    lexed: Lexed,
+}
+
+/// Shapes of longer statements are not kept: a session holds at most this
+/// many tokens (24 bytes each) for one.
+pub const MAX_SHAPE_TOKENS: usize = 128;
+
+fn is_literal(kind: TokenKind) -> bool {
+    matches!(
+        kind,
+        TokenKind::Number
+            | TokenKind::String { .. }
+            | TokenKind::EString
+            | TokenKind::DollarString
+            | TokenKind::BitString
+    )
+}
+
+impl Shape {
+    /// The shape of `sql`, lexed as `lexed`, when it has a template key, at
+    /// most [`MAX_SHAPE_TOKENS`] tokens, and every literal starts after a
+    /// byte that ends any token before it (see [`is_hard_boundary`]);
+    /// `None` otherwise (the session then lexes and compares keys).
+    pub fn of(sql: &str, lexed: &Lexed) -> Option<Shape> {
+        let [stmt] = lexed.statements.as_slice() else {
+            return None;
+        };
+        if lexed.tokens.len() > MAX_SHAPE_TOKENS {
+            return None;
+        }
+        let mut literals = 0;
+        for t in &lexed.tokens[stmt.tokens.clone()] {
+            if matches!(t.kind, TokenKind::UnicodeIdent | TokenKind::UnicodeString) {
+                return None;
+            }
+            if is_literal(t.kind) {
+                let before = t.span.start.checked_sub(1).map(|i| sql.as_bytes()[i]);
+                if !before.is_none_or(is_hard_boundary) {
+                    return None;
+                }
+                literals += 1;
+            }
+        }
+        (literals > 0).then(|| Shape {
+            text: sql.into(),
+            lexed: lexed.clone(),
+        })
+    }
+
+    /// If `sql` lexed with `opts` has this shape's template key, write its
+    /// lex to `out` and return true; found without lexing `sql` whole.
+    /// False when it cannot tell (the caller then lexes), never a wrong
+    /// answer:
+    ///
+    /// Between and around the literals `sql` must have the same bytes as the
+    /// remembered text, and each literal must start where the remembered one
+    /// did and re-scan ([`lexer::scan_token`], the lexer's own scanner) to
+    /// the same kind. Up to a literal's first byte the lexer then reaches
+    /// the same state in both texts; the token before it cannot reach into
+    /// it (its last byte is a hard boundary); the literal ends wherever the
+    /// scanner says; and from there identical bytes lex identically. So
+    /// every token is the same but for the literals' values and the offsets
+    /// after them, and those are what `out` gets.
+    pub fn lex_instance(&self, sql: &str, opts: LexOptions, out: &mut Lexed) -> bool {
+        self.instance(sql, opts, Some(out)).is_some()
+    }
+
+    /// The span of `sql`'s statement if it is an instance (as
+    /// [`Self::lex_instance`] tells), and its lex written to `out` if given.
+    pub fn instance(
+        &self,
+        sql: &str,
+        opts: LexOptions,
+        mut out: Option<&mut Lexed>,
+    ) -> Option<Range<usize>> {
+        let (old, new) = (self.text.as_bytes(), sql.as_bytes());
+        if let Some(out) = out.as_deref_mut() {
+            out.clear();
+        }
+        // Byte offsets in `sql` minus those in the remembered text, past
+        // the literals matched so far.
+        let mut shift = 0isize;
+        let (mut at_old, mut at_new) = (0, 0);
+        for t in &self.lexed.tokens {
+            let shifted = |i: usize| i.wrapping_add_signed(shift);
+            if !is_literal(t.kind) {
+                if let Some(out) = out.as_deref_mut() {
+                    out.tokens.push(lexer::Token {
+                        kind: t.kind,
+                        span: shifted(t.span.start)..shifted(t.span.end),
+                    });
+                }
+                continue;
+            }
+            let gap = &old[at_old..t.span.start];
+            if new.get(at_new..at_new + gap.len())? != gap {
+                return None;
+            }
+            at_new += gap.len();
+            if at_new >= new.len() {
+                return None;
+            }
+            let end = match lexer::scan_token(sql, at_new, opts) {
+                Ok((kind, end)) if kind == t.kind => end,
+                _ => return None,
+            };
+            if let Some(out) = out.as_deref_mut() {
+                out.tokens.push(lexer::Token {
+                    kind: t.kind,
+                    span: at_new..end,
+                });
+            }
+            shift = end as isize - t.span.end as isize;
+            (at_old, at_new) = (t.span.end, end);
+        }
+        if new[at_new..] != old[at_old..] {
+            return None;
+        }
+        // One statement: it starts before the first literal, where nothing
+        // moved, and ends as far from the end of the text as it did.
+        let stmt = &self.lexed.statements[0];
+        let bytes = stmt.bytes.start..new.len() - (old.len() - stmt.bytes.end);
+        if let Some(out) = out {
+            out.statements.push(lexer::StatementSpan {
+                bytes: bytes.clone(),
+                tokens: stmt.tokens.clone(),
+            });
+            out.has_comments = self.lexed.has_comments;
+            out.max_depth = self.lexed.max_depth;
+        }
+        Some(bytes)
+    }
+}
+
+/// Bytes after which no token continues into the next byte when that byte
+/// starts a literal: whitespace, single-byte punctuation, and operator
+/// characters (an operator only grows by operator characters, which never
+/// start a literal). After a word, a number or a parameter a literal's
+/// first byte could instead extend that token (`ab` + `N'x'` lexes as the
+/// word `abN`), so shapes with such a literal are not kept.
+fn is_hard_boundary(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t'
+            | b'\n'
+            | b'\r'
+            | b'\x0c'
+            | b'\x0b'
+            | b'('
+            | b')'
+            | b'['
+            | b']'
+            | b','
+            | b';'
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+            | b'+'
+            | b'-'
+            | b'*'
+            | b'/'
+            | b'%'
+            | b'<'
+            | b'>'
+            | b'='
+    )
+}
+
 /// Whether facts classified from one instance of a template hold for every
 /// instance (see the module docs for why exactly these conditions).
 pub fn literal_insensitive(facts: &[StatementFacts]) -> bool {
@@ -111,9 +293,16 @@ pub fn instantiate(template: &[StatementFacts], sql: &str, lexed: &Lexed) -> Vec
 /// Give facts of the template this instance's text, reusing the text's
 /// buffer.
 pub fn relabel(facts: &mut [StatementFacts], sql: &str, lexed: &Lexed) {
-    if let (Some(f), [stmt]) = (facts.first_mut(), lexed.statements.as_slice()) {
+    if let [stmt] = lexed.statements.as_slice() {
+        relabel_statement(facts, &sql[stmt.bytes.clone()]);
+    }
+}
+
+/// [`relabel`] with the statement's text already cut out.
+pub fn relabel_statement(facts: &mut [StatementFacts], statement: &str) {
+    if let Some(f) = facts.first_mut() {
         f.text.clear();
-        f.text.push_str(&sql[stmt.bytes.clone()]);
+        f.text.push_str(statement);
     }
 }
 
@@ -163,6 +352,98 @@ mod tests {
             }
         }
         assert!(keys >= 10, "{keys} texts with a key");
+    }
+
+    /// Texts that differ from their neighbours only around a literal,
+    /// where a byte comparison could be fooled into a match lexing denies.
+    const SHAPE_TEXTS: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 98765;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 98765 ; ",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5e3",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1e",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1 -- c",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = -1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = '1'",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid =1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1; SELECT 2",
+        "SELECT a FROM t WHERE x = 'it''s' AND y = 2",
+        "SELECT a FROM t WHERE x = '' AND y = 22",
+        "SELECT a FROM t WHERE x = 'unterminated AND y = 2",
+        "SELECT a FROM t WHERE x = E'\\'' AND y = 2",
+        "SELECT a FROM t WHERE x = N'q' AND y = 2",
+        "SELECT a FROM t WHERE x = B'101' AND y = 2",
+        "SELECT a FROM t WHERE x = X'1f' AND y = 2",
+        "SELECT a FROM t WHERE x = $$a$$ AND y = 2",
+        "SELECT a FROM t WHERE x = $q$a$$q$ AND y = 2",
+        "SELECT a FROM t WHERE x = U&'a' AND y = 2",
+        "SELECT a FROM t WHERE x IN (1,2,3)",
+        "SELECT a FROM t WHERE x IN (1,2,345)",
+        "SELECT a FROM t WHERE x IN (1,2,3.)",
+        "SELECT a FROM t WHERE x IN (1,2,.3)",
+        "SELECT a FROM t WHERE x IN (1,2,3)::int[]",
+        "SELECT a FROM t WHERE x IN (1,2,'3')",
+        "SELECT ab'c' FROM t",
+        "SELECT abN'c' FROM t",
+        "SELECT ab.5 FROM t",
+        "SELECT ab5 FROM t",
+        "SELECT 'a' 'b' FROM t",
+        "SELECT 'a''b' FROM t",
+        "SELECT 1 FROM t",
+        "SELECT 12 FROM t",
+        "SELECT 1FROM t",
+        "SELECT 1 /* x */ FROM t",
+        "SELECT 1 /* x FROM t",
+        "SELECT 1",
+        "SELECT ",
+        "",
+    ];
+
+    #[test]
+    fn a_shape_matches_only_texts_that_lexing_gives_its_key() {
+        let opts = LexOptions::default();
+        let mut matched = 0;
+        for a in SHAPE_TEXTS {
+            let Ok(la) = lex(a, opts) else { continue };
+            let Some(shape) = Shape::of(a, &la) else {
+                continue;
+            };
+            let ka = key(a, &la).expect("a shape has a key");
+            for b in SHAPE_TEXTS {
+                let mut got = Lexed::default();
+                if !shape.lex_instance(b, opts, &mut got) {
+                    continue;
+                }
+                let lb = lex(b, opts).expect("a match lexes");
+                assert_eq!(key(b, &lb).as_deref(), Some(ka.as_str()), "{a:?} / {b:?}");
+                assert_eq!(got, lb, "{a:?} / {b:?}");
+                matched += usize::from(a != b);
+            }
+        }
+        // The pgbench loop, the IN lists and the string pairs do match.
+        assert!(matched >= 8, "{matched} matches between different texts");
+        let pgbench = SHAPE_TEXTS[0];
+        let shape = Shape::of(pgbench, &lex(pgbench, opts).unwrap()).unwrap();
+        let next = "SELECT abalance FROM pgbench_accounts WHERE aid = 424242";
+        let mut got = Lexed::default();
+        assert!(shape.lex_instance(next, opts, &mut got));
+        assert_eq!(got.statements[0].bytes, 0..next.len());
+        // Bytes around the literals must be the same: a `;` more is a miss
+        // (the caller lexes), not a wrong lex.
+        assert!(!shape.lex_instance(&format!("{next};"), opts, &mut got));
+        // A literal right after a word is not kept: `ab` + `N'c'` is `abN`.
+        let glued = "SELECT ab'c' FROM t";
+        assert!(Shape::of(glued, &lex(glued, opts).unwrap()).is_none());
+        // With standard_conforming_strings off a backslash escapes the quote:
+        // the re-scan uses the session's options, as lexing would.
+        let off = LexOptions {
+            standard_conforming_strings: false,
+        };
+        let s = "SELECT a FROM t WHERE x = 'a' AND y = 2";
+        let shape = Shape::of(s, &lex(s, off).unwrap()).unwrap();
+        let escaped = "SELECT a FROM t WHERE x = 'a\\' AND y = 2";
+        assert!(!shape.lex_instance(escaped, off, &mut got));
     }
 
     #[test]

@@ -214,13 +214,17 @@ impl SessionSeams {
         let (eval, lexed) = match decoded {
             Ok(sql) => match self.unsafe_encoding(sql) {
                 Some(reason) => (policy.evaluate_unreadable(sql, &reason, &self.scope), None),
-                None => policy.evaluate_lexed(
-                    sql,
-                    &self.scope,
-                    self.lex_options(),
-                    &self.prepared,
-                    &mut self.facts_memo,
-                ),
+                None => {
+                    // Only the audit reads the policy's lex.
+                    self.facts_memo.set_lex_wanted(self.audit.is_some());
+                    policy.evaluate_lexed(
+                        sql,
+                        &self.scope,
+                        self.lex_options(),
+                        &self.prepared,
+                        &mut self.facts_memo,
+                    )
+                }
             },
             Err(reason) => {
                 let lossy = String::from_utf8_lossy(raw);
@@ -232,6 +236,13 @@ impl SessionSeams {
         };
         record_evaluation(&eval, started);
         (eval, lexed)
+    }
+
+    /// Hand a statement's lex back to the memo for the next one.
+    fn recycle(&mut self, lexed: Option<Lexed>) {
+        if let Some(l) = lexed {
+            self.facts_memo.recycle(l);
+        }
     }
 
     fn policy_tokens<'a>(&self, sql: &'a str, lexed: &'a Lexed) -> PolicyTokens<'a> {
@@ -293,6 +304,7 @@ impl SessionSeams {
                 if let Some(a) = self.audit_mut() {
                     eval = a.on_query(eval, tokens.as_ref());
                 }
+                self.recycle(lexed);
                 let action = self.apply_verdict(&eval, query_frame, query_frame);
                 if !matches!(eval.verdict, Verdict::Block(_)) {
                     policy.observe_prepared(&eval, &mut self.prepared, &self.scope);
@@ -323,6 +335,7 @@ impl SessionSeams {
                 if let Some(a) = self.audit_mut() {
                     a.on_parse(&name, &eval, tokens.as_ref());
                 }
+                self.recycle(lexed);
                 let action = self.apply_verdict(
                     &eval,
                     |token| parse_frame(&name, token),
