@@ -152,7 +152,11 @@ admin_users = postgres
 ignore_startup_parameters = extra_float_digits
 EOF
 chown postgres: "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
-runuser -u postgres -- "$PGBOUNCER" -d "$DIR/pgbouncer.ini"
+# runuser's PAM session would start PgBouncer with the distribution's soft
+# limit of 1024 files, too few for the idle reference's 1000 clients: raise
+# it to the limit pgward runs with (or to the hard limit runuser leaves).
+runuser -u postgres -- sh -c 'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$2" -d "$3"' \
+  sh "$(ulimit -n)" "$PGBOUNCER" "$DIR/pgbouncer.ini"
 wait_sql "$PGBPORT"
 fi
 
