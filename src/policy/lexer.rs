@@ -226,11 +226,11 @@ fn is_dolq_cont(b: u8) -> bool {
     has_class(b, DOLQ_CONT)
 }
 
-fn is_space(b: u8) -> bool {
+pub(crate) fn is_space(b: u8) -> bool {
     has_class(b, SPACE)
 }
 
-fn is_op_char(b: u8) -> bool {
+pub(crate) fn is_op_char(b: u8) -> bool {
     has_class(b, OP_CHAR)
 }
 
@@ -466,29 +466,16 @@ pub fn scan_token(sql: &str, i: usize, opts: LexOptions) -> Result<(TokenKind, u
             i = scan_number(b, i);
             TokenKind::Number
         }
-        b'(' => {
+        b'(' | b'[' | b')' | b']' | b',' | b';' => {
             i += 1;
-            TokenKind::LParen
-        }
-        b'[' => {
-            i += 1;
-            TokenKind::LBracket
-        }
-        b')' => {
-            i += 1;
-            TokenKind::RParen
-        }
-        b']' => {
-            i += 1;
-            TokenKind::RBracket
-        }
-        b',' => {
-            i += 1;
-            TokenKind::Comma
-        }
-        b';' => {
-            i += 1;
-            TokenKind::Semicolon
+            match c {
+                b'(' => TokenKind::LParen,
+                b'[' => TokenKind::LBracket,
+                b')' => TokenKind::RParen,
+                b']' => TokenKind::RBracket,
+                b',' => TokenKind::Comma,
+                _ => TokenKind::Semicolon,
+            }
         }
         b'.' => {
             i += 1;

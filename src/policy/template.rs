@@ -230,37 +230,9 @@ impl Shape {
 /// first byte could instead extend that token (`ab` + `N'x'` lexes as the
 /// word `abN`), so shapes with such a literal are not kept.
 fn is_hard_boundary(b: u8) -> bool {
-    matches!(
-        b,
-        b' ' | b'\t'
-            | b'\n'
-            | b'\r'
-            | b'\x0c'
-            | b'\x0b'
-            | b'('
-            | b')'
-            | b'['
-            | b']'
-            | b','
-            | b';'
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-            | b'+'
-            | b'-'
-            | b'*'
-            | b'/'
-            | b'%'
-            | b'<'
-            | b'>'
-            | b'='
-    )
+    lexer::is_space(b)
+        || lexer::is_op_char(b)
+        || matches!(b, b'(' | b')' | b'[' | b']' | b',' | b';')
 }
 
 /// Whether facts classified from one instance of a template hold for every
