@@ -90,6 +90,8 @@ fn key_parts(sql: &str, lexed: &Lexed, mut part: impl FnMut(&str) -> bool) -> bo
 pub struct Shape {
     text: Box<str>,
     lexed: Lexed,
+    /// Indices of the literals in `lexed.tokens`.
+    literals: Box<[usize]>,
 }
 
 /// Shapes of longer statements are not kept: a session holds at most this
@@ -113,14 +115,11 @@ impl Shape {
     /// byte that ends any token before it (see [`is_hard_boundary`]);
     /// `None` otherwise (the session then lexes and compares keys).
     pub fn of(sql: &str, lexed: &Lexed) -> Option<Shape> {
-        let [stmt] = lexed.statements.as_slice() else {
-            return None;
-        };
-        if lexed.tokens.len() > MAX_SHAPE_TOKENS {
+        if lexed.statements.len() != 1 || lexed.tokens.len() > MAX_SHAPE_TOKENS {
             return None;
         }
-        let mut literals = 0;
-        for t in &lexed.tokens[stmt.tokens.clone()] {
+        let mut literals = Vec::new();
+        for (i, t) in lexed.tokens.iter().enumerate() {
             if matches!(t.kind, TokenKind::UnicodeIdent | TokenKind::UnicodeString) {
                 return None;
             }
@@ -129,12 +128,13 @@ impl Shape {
                 if !before.is_none_or(is_hard_boundary) {
                     return None;
                 }
-                literals += 1;
+                literals.push(i);
             }
         }
-        (literals > 0).then(|| Shape {
+        (!literals.is_empty()).then(|| Shape {
             text: sql.into(),
             lexed: lexed.clone(),
+            literals: literals.into(),
         })
     }
 
@@ -162,64 +162,91 @@ impl Shape {
         &self,
         sql: &str,
         opts: LexOptions,
-        mut out: Option<&mut Lexed>,
+        out: Option<&mut Lexed>,
     ) -> Option<Range<usize>> {
-        let (old, new) = (self.text.as_bytes(), sql.as_bytes());
-        if let Some(out) = out.as_deref_mut() {
-            out.clear();
-        }
-        // Byte offsets in `sql` minus those in the remembered text, past
-        // the literals matched so far.
-        let mut shift = 0isize;
-        let (mut at_old, mut at_new) = (0, 0);
-        for t in &self.lexed.tokens {
-            let shifted = |i: usize| i.wrapping_add_signed(shift);
-            if !is_literal(t.kind) {
-                if let Some(out) = out.as_deref_mut() {
-                    out.tokens.push(lexer::Token {
-                        kind: t.kind,
-                        span: shifted(t.span.start)..shifted(t.span.end),
-                    });
+        let mut walk = Walk {
+            old: &self.text,
+            new: sql,
+            opts,
+            at_old: 0,
+            at_new: 0,
+        };
+        match out {
+            // Only the literals' tokens are read.
+            None => {
+                for &i in self.literals.iter() {
+                    walk.literal(&self.lexed.tokens[i])?;
                 }
-                continue;
+                walk.rest(&self.lexed.statements[0].bytes)
             }
-            let gap = &old[at_old..t.span.start];
-            if new.get(at_new..at_new + gap.len())? != gap {
-                return None;
-            }
-            at_new += gap.len();
-            if at_new >= new.len() {
-                return None;
-            }
-            let end = match lexer::scan_token(sql, at_new, opts) {
-                Ok((kind, end)) if kind == t.kind => end,
-                _ => return None,
-            };
-            if let Some(out) = out.as_deref_mut() {
-                out.tokens.push(lexer::Token {
-                    kind: t.kind,
-                    span: at_new..end,
+            Some(out) => {
+                out.clear();
+                // Byte offsets in `sql` minus those in the remembered text,
+                // past the literals matched so far.
+                let mut shift = 0isize;
+                for t in &self.lexed.tokens {
+                    let span = if is_literal(t.kind) {
+                        let span = walk.literal(t)?;
+                        shift = span.end as isize - t.span.end as isize;
+                        span
+                    } else {
+                        t.span.start.wrapping_add_signed(shift)
+                            ..t.span.end.wrapping_add_signed(shift)
+                    };
+                    out.tokens.push(lexer::Token { kind: t.kind, span });
+                }
+                let bytes = walk.rest(&self.lexed.statements[0].bytes)?;
+                out.statements.push(lexer::StatementSpan {
+                    bytes: bytes.clone(),
+                    tokens: self.lexed.statements[0].tokens.clone(),
                 });
+                out.has_comments = self.lexed.has_comments;
+                out.max_depth = self.lexed.max_depth;
+                Some(bytes)
             }
-            shift = end as isize - t.span.end as isize;
-            (at_old, at_new) = (t.span.end, end);
         }
-        if new[at_new..] != old[at_old..] {
+    }
+}
+
+/// [`Shape::instance`]'s way through the remembered text and the new one.
+struct Walk<'a> {
+    old: &'a str,
+    new: &'a str,
+    opts: LexOptions,
+    /// Where the next gap starts in each text.
+    at_old: usize,
+    at_new: usize,
+}
+
+impl Walk<'_> {
+    /// Match the gap before the remembered literal `t` and re-scan the new
+    /// text's literal after it: its span in the new text.
+    fn literal(&mut self, t: &lexer::Token) -> Option<Range<usize>> {
+        let (old, new) = (self.old.as_bytes(), self.new.as_bytes());
+        let gap = &old[self.at_old..t.span.start];
+        if new.get(self.at_new..self.at_new + gap.len())? != gap {
             return None;
         }
-        // One statement: it starts before the first literal, where nothing
-        // moved, and ends as far from the end of the text as it did.
-        let stmt = &self.lexed.statements[0];
-        let bytes = stmt.bytes.start..new.len() - (old.len() - stmt.bytes.end);
-        if let Some(out) = out {
-            out.statements.push(lexer::StatementSpan {
-                bytes: bytes.clone(),
-                tokens: stmt.tokens.clone(),
-            });
-            out.has_comments = self.lexed.has_comments;
-            out.max_depth = self.lexed.max_depth;
+        let start = self.at_new + gap.len();
+        if start >= new.len() {
+            return None;
         }
-        Some(bytes)
+        let end = match lexer::scan_token(self.new, start, self.opts) {
+            Ok((kind, end)) if kind == t.kind => end,
+            _ => return None,
+        };
+        (self.at_old, self.at_new) = (t.span.end, end);
+        Some(start..end)
+    }
+
+    /// After the last literal: the rest must be the same bytes. The span of
+    /// the new text's statement, given the remembered one's: it starts
+    /// before the first literal, where nothing moved, and ends as far from
+    /// the end of the text as it did.
+    fn rest(&self, statement: &Range<usize>) -> Option<Range<usize>> {
+        let (old, new) = (self.old.as_bytes(), self.new.as_bytes());
+        (new[self.at_new..] == old[self.at_old..])
+            .then(|| statement.start..new.len() - (old.len() - statement.end))
     }
 }
 
