@@ -610,11 +610,13 @@ impl Policy {
         memo: &mut FactsMemo,
     ) -> (Arc<Vec<StatementFacts>>, Option<lexer::Lexed>) {
         let scs = lex.standard_conforming_strings;
-        // `cache_entries = 0` turns off the session memo too.
-        let mut scratch = FactsMemo::new();
+        // `cache_entries = 0` turns off the session memo too. (Made only
+        // then: a memo is not free to make and drop per statement.)
+        let mut scratch;
         let memo = if self.cache.enabled() {
             memo
         } else {
+            scratch = FactsMemo::new();
             &mut scratch
         };
         if let Some(hit) = memo.exact(sql, scs) {
