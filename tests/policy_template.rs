@@ -281,7 +281,7 @@ fn shapes_match_only_what_lexing_confirms() {
         }
         for other in &others {
             edits += 1;
-            let matched = shape.lex_instance(other, opts, &mut got);
+            let matched = shape.instance(other, opts, Some(&mut got)).is_some();
             // Without a lex to write it reads only the literals' tokens, and
             // must answer the same.
             let span = shape.instance(other, opts, None);

@@ -182,11 +182,10 @@ impl FactsMemo {
         if *s != scs || !template::has_key(k, sql, lexed) {
             return None;
         }
-        match Arc::get_mut(facts) {
-            // No evaluation holds the previous instance any more: relabel it.
-            Some(owned) => template::relabel(owned, sql, lexed),
-            None => *facts = Arc::new(template::instantiate(facts, sql, lexed)),
-        }
+        let [stmt] = lexed.statements.as_slice() else {
+            return None;
+        };
+        relabel_held(facts, &sql[stmt.bytes.clone()]);
         self.last_was_instance = true;
         Some(facts.clone())
     }
@@ -209,7 +208,7 @@ impl FactsMemo {
     /// of `sql` if its bytes show it is an instance
     /// of the template remembered last: the common case of a session
     /// looping over one shape, answered without lexing `sql` (see
-    /// [`Shape::lex_instance`] for why that is exact).
+    /// [`Shape::instance`] for why that is exact).
     pub fn instance_by_shape(
         &mut self,
         sql: &str,
@@ -227,15 +226,7 @@ impl FactsMemo {
             }
             return None;
         };
-        let statement = &sql[span];
-        match Arc::get_mut(facts) {
-            Some(owned) => template::relabel_statement(owned, statement),
-            None => {
-                let mut copy = facts.to_vec();
-                template::relabel_statement(&mut copy, statement);
-                *facts = Arc::new(copy);
-            }
-        }
+        relabel_held(facts, &sql[span]);
         self.last_was_instance = true;
         Some((facts.clone(), lexed))
     }
@@ -265,6 +256,20 @@ impl FactsMemo {
         }
         self.template = Some((scs, key, facts.clone()));
         self.shape = Shape::of(sql, lexed);
+    }
+}
+
+/// Give the memo's facts of a template the text of its new instance: in
+/// place when no evaluation holds the previous instance any more, else in
+/// a copy.
+fn relabel_held(facts: &mut Facts, statement: &str) {
+    match Arc::get_mut(facts) {
+        Some(owned) => template::relabel(owned, statement),
+        None => {
+            let mut copy = facts.to_vec();
+            template::relabel(&mut copy, statement);
+            *facts = Arc::new(copy);
+        }
     }
 }
 

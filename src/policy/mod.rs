@@ -622,14 +622,14 @@ impl Policy {
         if let Some(hit) = memo.exact(sql, scs) {
             return (hit, None);
         }
-        // Both shared caches answer what classifying would, so the order
-        // they are asked in is only a matter of cost: after a template
-        // instance, the next text is most likely another instance, which
-        // the exact cache cannot know (a hash and a lock for nothing).
         // Another instance of the template answered last, told by its bytes.
         if let Some(hit) = memo.instance_by_shape(sql, lex) {
             return hit;
         }
+        // Both shared caches answer what classifying would, so the order
+        // they are asked in is only a matter of cost: after a template
+        // instance, the next text is most likely another instance, which
+        // the exact cache cannot know (a hash and a lock for nothing).
         let instance_first = memo.expects_instance();
         if !instance_first {
             if let Some(hit) = self.cache.get(sql, scs) {

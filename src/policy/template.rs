@@ -85,7 +85,7 @@ fn key_parts(sql: &str, lexed: &Lexed, mut part: impl FnMut(&str) -> bool) -> bo
 
 /// One instance of a template and its lex, so that the next text can be
 /// recognised as another instance by comparing bytes instead of lexing it
-/// whole (see [`Shape::lex_instance`]).
+/// whole (see [`Shape::instance`]).
 #[derive(Debug, Clone)]
 pub struct Shape {
     text: Box<str>,
@@ -138,10 +138,10 @@ impl Shape {
         })
     }
 
-    /// If `sql` lexed with `opts` has this shape's template key, write its
-    /// lex to `out` and return true; found without lexing `sql` whole.
-    /// False when it cannot tell (the caller then lexes), never a wrong
-    /// answer:
+    /// If `sql` lexed with `opts` has this shape's template key, the span
+    /// of its one statement, and its lex written to `out` if given; found
+    /// without lexing `sql` whole. `None` when it cannot tell (the caller
+    /// then lexes), never a wrong answer:
     ///
     /// Between and around the literals `sql` must have the same bytes as the
     /// remembered text, and each literal must start where the remembered one
@@ -152,12 +152,6 @@ impl Shape {
     /// scanner says; and from there identical bytes lex identically. So
     /// every token is the same but for the literals' values and the offsets
     /// after them, and those are what `out` gets.
-    pub fn lex_instance(&self, sql: &str, opts: LexOptions, out: &mut Lexed) -> bool {
-        self.instance(sql, opts, Some(out)).is_some()
-    }
-
-    /// The span of `sql`'s statement if it is an instance (as
-    /// [`Self::lex_instance`] tells), and its lex written to `out` if given.
     pub fn instance(
         &self,
         sql: &str,
@@ -285,20 +279,15 @@ pub fn literal_insensitive(facts: &[StatementFacts]) -> bool {
 /// The cached template facts, re-labelled with this instance's text.
 pub fn instantiate(template: &[StatementFacts], sql: &str, lexed: &Lexed) -> Vec<StatementFacts> {
     let mut facts = template.to_vec();
-    relabel(&mut facts, sql, lexed);
+    if let [stmt] = lexed.statements.as_slice() {
+        relabel(&mut facts, &sql[stmt.bytes.clone()]);
+    }
     facts
 }
 
-/// Give facts of the template this instance's text, reusing the text's
-/// buffer.
-pub fn relabel(facts: &mut [StatementFacts], sql: &str, lexed: &Lexed) {
-    if let [stmt] = lexed.statements.as_slice() {
-        relabel_statement(facts, &sql[stmt.bytes.clone()]);
-    }
-}
-
-/// [`relabel`] with the statement's text already cut out.
-pub fn relabel_statement(facts: &mut [StatementFacts], statement: &str) {
+/// Give facts of the template this instance's statement text, reusing the
+/// text's buffer.
+pub fn relabel(facts: &mut [StatementFacts], statement: &str) {
     if let Some(f) = facts.first_mut() {
         f.text.clear();
         f.text.push_str(statement);
@@ -411,7 +400,7 @@ mod tests {
             let ka = key(a, &la).expect("a shape has a key");
             for b in SHAPE_TEXTS {
                 let mut got = Lexed::default();
-                if !shape.lex_instance(b, opts, &mut got) {
+                if shape.instance(b, opts, Some(&mut got)).is_none() {
                     continue;
                 }
                 let lb = lex(b, opts).expect("a match lexes");
@@ -426,11 +415,13 @@ mod tests {
         let shape = Shape::of(pgbench, &lex(pgbench, opts).unwrap()).unwrap();
         let next = "SELECT abalance FROM pgbench_accounts WHERE aid = 424242";
         let mut got = Lexed::default();
-        assert!(shape.lex_instance(next, opts, &mut got));
+        assert!(shape.instance(next, opts, Some(&mut got)).is_some());
         assert_eq!(got.statements[0].bytes, 0..next.len());
         // Bytes around the literals must be the same: a `;` more is a miss
         // (the caller lexes), not a wrong lex.
-        assert!(!shape.lex_instance(&format!("{next};"), opts, &mut got));
+        assert!(shape
+            .instance(&format!("{next};"), opts, Some(&mut got))
+            .is_none());
         // A literal right after a word is not kept: `ab` + `N'c'` is `abN`.
         let glued = "SELECT ab'c' FROM t";
         assert!(Shape::of(glued, &lex(glued, opts).unwrap()).is_none());
@@ -442,7 +433,7 @@ mod tests {
         let s = "SELECT a FROM t WHERE x = 'a' AND y = 2";
         let shape = Shape::of(s, &lex(s, off).unwrap()).unwrap();
         let escaped = "SELECT a FROM t WHERE x = 'a\\' AND y = 2";
-        assert!(!shape.lex_instance(escaped, off, &mut got));
+        assert!(shape.instance(escaped, off, Some(&mut got)).is_none());
     }
 
     #[test]
