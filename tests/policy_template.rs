@@ -252,11 +252,14 @@ action = "block"
 /// around the literals (`template::Shape`) instead of lexing it. Over the
 /// corpus, other-literal instances and hostile one-byte edits (a byte
 /// inserted or removed anywhere, gluing a literal to its neighbour or
-/// changing its kind), a shape never matches a text whose key lexing gives
-/// differently, and what it matches it lexes exactly as the lexer does.
+/// changing its kind, a NUL byte), a shape never matches a text whose key
+/// lexing gives differently, and what it matches it lexes exactly as the
+/// lexer does.
 #[test]
 fn shapes_match_only_what_lexing_confirms() {
-    const INSERTS: &[&str] = &["N", "1", ".", "'", "e", "$", "-", ":", " ", "\\", "E'"];
+    const INSERTS: &[&str] = &[
+        "N", "1", ".", "'", "e", "$", "-", ":", " ", "\\", "E'", "\0",
+    ];
     let opts = LexOptions::default();
     let (mut shapes, mut matches, mut edits) = (0, 0, 0);
     let mut got = lexer::Lexed::default();
