@@ -45,10 +45,17 @@ deleted_by = "deleted_by"
 "#;
 
 /// A file holding the superuser's password, for pgward's schema check.
+/// Written once per test binary: rewriting it for every test truncated it
+/// while another test's pgward was reading it (an empty password, a failed
+/// login).
 fn password_file() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("pgward-sd-pw-{}", std::process::id()));
-    std::fs::write(&path, format!("{SUPERUSER_PW}\n")).unwrap();
-    path
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("pgward-sd-pw-{}", std::process::id()));
+        std::fs::write(&path, format!("{SUPERUSER_PW}\n")).unwrap();
+        path
+    })
+    .clone()
 }
 
 /// `[policy]` soft-delete entries plus a `[soft_delete_check]` for `db`.
