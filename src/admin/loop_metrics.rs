@@ -12,74 +12,91 @@
 //! Threads without a shard (the caller's runtime when no loop could be
 //! started, tests) update the shared metrics directly.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::time::Duration;
 
-use prometheus::local::{LocalHistogram, LocalIntCounter};
-
-use super::metrics::{metrics, Metrics};
+use super::fixed_histogram::LocalBuckets;
+use super::metrics::{
+    metrics, Metrics, POLICY_EVALUATION_BOUNDS, QUERY_DURATION_BOUNDS, STATEMENT_CHILDREN,
+};
 
 /// How often a loop adds its shard to the shared metrics.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Plain cells inline in a thread-local, so an update touches the shard
+/// and nothing behind a pointer (see `admin::fixed_histogram`).
 struct Shard {
-    client_bytes_received: LocalIntCounter,
-    client_bytes_sent: LocalIntCounter,
-    query_duration_seconds: LocalHistogram,
-    policy_evaluation_seconds: LocalHistogram,
+    installed: Cell<bool>,
+    client_bytes_received: Cell<u64>,
+    client_bytes_sent: Cell<u64>,
+    query_duration_seconds: LocalBuckets<{ QUERY_DURATION_BOUNDS.len() }>,
+    policy_evaluation_seconds: LocalBuckets<{ POLICY_EVALUATION_BOUNDS.len() }>,
     /// Indexed like [`Metrics::statement_index`].
-    statements: Vec<LocalIntCounter>,
+    statements: [Cell<u64>; STATEMENT_CHILDREN],
 }
 
 impl Shard {
-    fn new(m: &Metrics) -> Shard {
+    const fn new() -> Shard {
         Shard {
-            client_bytes_received: m.client_bytes_received.local(),
-            client_bytes_sent: m.client_bytes_sent.local(),
-            query_duration_seconds: m.query_duration_seconds.local(),
-            policy_evaluation_seconds: m.policy_evaluation_seconds.local(),
-            statements: m.statement_counters().iter().map(|c| c.local()).collect(),
+            installed: Cell::new(false),
+            client_bytes_received: Cell::new(0),
+            client_bytes_sent: Cell::new(0),
+            query_duration_seconds: LocalBuckets::new(&QUERY_DURATION_BOUNDS),
+            policy_evaluation_seconds: LocalBuckets::new(&POLICY_EVALUATION_BOUNDS),
+            statements: [const { Cell::new(0) }; STATEMENT_CHILDREN],
         }
     }
 
-    fn flush(&self) {
-        self.client_bytes_received.flush();
-        self.client_bytes_sent.flush();
-        self.query_duration_seconds.flush();
-        self.policy_evaluation_seconds.flush();
-        for c in &self.statements {
-            c.flush();
+    fn flush(&self, m: &Metrics) {
+        m.client_bytes_received
+            .inc_by(self.client_bytes_received.take());
+        m.client_bytes_sent.inc_by(self.client_bytes_sent.take());
+        self.query_duration_seconds
+            .flush_into(&m.query_duration_seconds);
+        self.policy_evaluation_seconds
+            .flush_into(&m.policy_evaluation_seconds);
+        for (c, shared) in self.statements.iter().zip(m.statement_counters()) {
+            let n = c.take();
+            if n > 0 {
+                shared.inc_by(n);
+            }
         }
     }
 }
 
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get() + n);
+}
+
 thread_local! {
-    static SHARD: RefCell<Option<Shard>> = const { RefCell::new(None) };
+    // No destructor: a loop thread lives as long as the process.
+    static SHARD: Shard = const { Shard::new() };
 }
 
 /// Give the current thread a shard. Then call [`flush`] on it every
 /// [`FLUSH_INTERVAL`] (see `proxy::loops`).
 pub fn install() {
-    SHARD.with(|s| *s.borrow_mut() = Some(Shard::new(metrics())));
+    SHARD.with(|s| s.installed.set(true));
 }
 
 /// Add the current thread's shard to the shared metrics.
 pub fn flush() {
-    let _ = SHARD.try_with(|s| {
-        if let Some(shard) = &*s.borrow() {
-            shard.flush();
+    SHARD.with(|s| {
+        if s.installed.get() {
+            s.flush(metrics());
         }
     });
 }
 
 /// Run `local` on this thread's shard, or `shared` on the shared metrics
-/// when the thread has none (or is shutting down its thread-locals).
+/// when the thread has none.
 fn update(local: impl FnOnce(&Shard), shared: impl FnOnce(&Metrics)) {
-    let mut shared = Some(shared);
-    let _ = SHARD.try_with(|s| {
-        if let Some(shard) = &*s.borrow() {
-            local(shard);
-            shared = None;
+    let shared = SHARD.with(|s| {
+        if s.installed.get() {
+            local(s);
+            None
+        } else {
+            Some(shared)
         }
     });
     if let Some(shared) = shared {
@@ -89,14 +106,14 @@ fn update(local: impl FnOnce(&Shard), shared: impl FnOnce(&Metrics)) {
 
 pub fn client_bytes_received(n: u64) {
     update(
-        |s| s.client_bytes_received.inc_by(n),
+        |s| add(&s.client_bytes_received, n),
         |m| m.client_bytes_received.inc_by(n),
     );
 }
 
 pub fn client_bytes_sent(n: u64) {
     update(
-        |s| s.client_bytes_sent.inc_by(n),
+        |s| add(&s.client_bytes_sent, n),
         |m| m.client_bytes_sent.inc_by(n),
     );
 }
@@ -119,7 +136,7 @@ pub fn policy_evaluation(seconds: f64) {
 pub fn statement(verdict: usize, class: &str) {
     let i = Metrics::statement_index(verdict, class);
     update(
-        |s| s.statements[i].inc(),
+        |s| add(&s.statements[i], 1),
         |m| m.statement_counters()[i].inc(),
     );
 }
@@ -144,12 +161,12 @@ mod tests {
             client_bytes_received(1_000_000_007);
             statement(0, "READ");
             query_duration(0.5);
-            let histogram_before = metrics().query_duration_seconds.get_sample_count();
+            let histogram_before = metrics().query_duration_seconds.sample_count();
             assert!(shared_received() < before + 1_000_000_007);
             flush();
             assert!(shared_received() >= before + 1_000_000_007);
             assert!(metrics().statement(0, "READ").get() > statements_before);
-            assert!(metrics().query_duration_seconds.get_sample_count() > histogram_before);
+            assert!(metrics().query_duration_seconds.sample_count() > histogram_before);
         })
         .join()
         .unwrap();

@@ -4,9 +4,10 @@
 
 use std::sync::OnceLock;
 
+use super::fixed_histogram::FixedHistogram;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `verdict` label values of `pgward_statements_total`.
@@ -15,6 +16,19 @@ pub const VERDICTS: [&str; 4] = ["allow", "monitored", "block", "rewritten"];
 pub const CLASSES: [&str; 8] = [
     "READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET", "NONE",
 ];
+
+/// Buckets of `pgward_policy_evaluation_seconds`.
+pub static POLICY_EVALUATION_BOUNDS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.05,
+];
+/// Buckets of `pgward_query_duration_seconds`.
+pub static QUERY_DURATION_BOUNDS: [f64; 16] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Children of `pgward_statements_total`: every (verdict, class) pair.
+pub const STATEMENT_CHILDREN: usize = VERDICTS.len() * CLASSES.len();
 
 pub struct Metrics {
     pub registry: Registry,
@@ -28,8 +42,8 @@ pub struct Metrics {
     statement_children: Vec<IntCounter>,
     pub rule_hits: IntCounterVec,
     pub parse_failures: IntCounter,
-    pub policy_evaluation_seconds: Histogram,
-    pub query_duration_seconds: Histogram,
+    pub policy_evaluation_seconds: FixedHistogram,
+    pub query_duration_seconds: FixedHistogram,
     pub upstream_connections: IntGauge,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
@@ -64,30 +78,18 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let policy_evaluation_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "pgward_policy_evaluation_seconds",
-                "Time to classify and judge one Query or Parse message.",
-            )
-            .buckets(vec![
-                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
-                0.002_5, 0.005, 0.01, 0.05,
-            ]),
-        )
-        .expect("valid metric");
+        let policy_evaluation_seconds = FixedHistogram::new(
+            "pgward_policy_evaluation_seconds",
+            "Time to classify and judge one Query or Parse message.",
+            &POLICY_EVALUATION_BOUNDS,
+        );
         r.register(Box::new(policy_evaluation_seconds.clone()))
             .expect("unique metric");
-        let query_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "pgward_query_duration_seconds",
-                "From a Query/FunctionCall (or the first message before a Sync) to its ReadyForQuery, as seen by pgward.",
-            )
-            .buckets(vec![
-                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0,
-            ]),
-        )
-        .expect("valid metric");
+        let query_duration_seconds = FixedHistogram::new(
+            "pgward_query_duration_seconds",
+            "From a Query/FunctionCall (or the first message before a Sync) to its ReadyForQuery, as seen by pgward.",
+            &QUERY_DURATION_BOUNDS,
+        );
         r.register(Box::new(query_duration_seconds.clone()))
             .expect("unique metric");
         let build_info = IntGaugeVec::new(

@@ -4,6 +4,7 @@
 //! connection, `Connection: close`): no HTTP framework to compile, nothing
 //! to configure.
 
+pub mod fixed_histogram;
 pub mod loop_metrics;
 pub mod metrics;
 

@@ -565,23 +565,29 @@ impl SessionSeams {
 
 /// Count one evaluation: verdict, class, rule hit, parse failures, time.
 fn record_evaluation(eval: &Evaluation, started: Instant) {
-    let m = metrics();
     loop_metrics::policy_evaluation(started.elapsed().as_secs_f64());
     let class = eval.statements.first().map_or("NONE", |s| s.class.as_str());
     let verdict = match &eval.verdict {
         Verdict::Allow => 0,
         Verdict::Monitored { rule_id, .. } => {
-            m.rule_hits.with_label_values(&[rule_id, "monitor"]).inc();
+            metrics()
+                .rule_hits
+                .with_label_values(&[rule_id, "monitor"])
+                .inc();
             1
         }
         Verdict::Block(b) => {
-            m.rule_hits
+            metrics()
+                .rule_hits
                 .with_label_values(&[b.rule_id.as_str(), "block"])
                 .inc();
             2
         }
         Verdict::Rewrite { rule_id, .. } => {
-            m.rule_hits.with_label_values(&[rule_id, "rewrite"]).inc();
+            metrics()
+                .rule_hits
+                .with_label_values(&[rule_id, "rewrite"])
+                .inc();
             3
         }
     };
@@ -592,7 +598,7 @@ fn record_evaluation(eval: &Evaluation, started: Instant) {
         .filter(|s| s.unparsed.is_some())
         .count();
     if unparsed > 0 {
-        m.parse_failures.inc_by(unparsed as u64);
+        metrics().parse_failures.inc_by(unparsed as u64);
     }
 }
 
