@@ -39,7 +39,7 @@ impl<const N: usize> LocalBuckets<N> {
     }
 
     pub fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+        if let Some(i) = bucket(self.bounds, v) {
             self.counts[i].set(self.counts[i].get() + 1);
         }
         self.count.set(self.count.get() + 1);
@@ -51,9 +51,20 @@ impl<const N: usize> LocalBuckets<N> {
         if self.count.get() == 0 {
             return;
         }
+        debug_assert_eq!(
+            &self.bounds[..],
+            shared.bounds,
+            "a shard flushed into another histogram"
+        );
         let counts: [u64; N] = std::array::from_fn(|i| self.counts[i].take());
-        shared.add(self.bounds, &counts, self.count.take(), self.sum.take());
+        shared.add(&counts, self.count.take(), self.sum.take());
     }
+}
+
+/// The bucket `v` counts in; `None` above the last bound (only the total
+/// counts it), as prometheus' own histogram does.
+fn bucket(bounds: &[f64], v: f64) -> Option<usize> {
+    bounds.iter().position(|b| v <= *b)
 }
 
 #[derive(Default)]
@@ -98,18 +109,14 @@ impl FixedHistogram {
     /// a loop's shard).
     pub fn observe(&self, v: f64) {
         let mut t = self.lock();
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+        if let Some(i) = bucket(self.bounds, v) {
             t.counts[i] += 1;
         }
         t.count += 1;
         t.sum += v;
     }
 
-    fn add(&self, bounds: &[f64], counts: &[u64], count: u64, sum: f64) {
-        debug_assert_eq!(
-            bounds, self.bounds,
-            "a shard flushed into another histogram"
-        );
+    fn add(&self, counts: &[u64], count: u64, sum: f64) {
         let mut t = self.lock();
         for (total, n) in t.counts.iter_mut().zip(counts) {
             *total += n;

@@ -4,11 +4,11 @@
 
 use std::sync::OnceLock;
 
-use super::fixed_histogram::FixedHistogram;
-
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use super::fixed_histogram::FixedHistogram;
 
 /// `verdict` label values of `pgward_statements_total`.
 pub const VERDICTS: [&str; 4] = ["allow", "monitored", "block", "rewritten"];

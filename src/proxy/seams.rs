@@ -567,30 +567,15 @@ impl SessionSeams {
 fn record_evaluation(eval: &Evaluation, started: Instant) {
     loop_metrics::policy_evaluation(started.elapsed().as_secs_f64());
     let class = eval.statements.first().map_or("NONE", |s| s.class.as_str());
-    let verdict = match &eval.verdict {
-        Verdict::Allow => 0,
-        Verdict::Monitored { rule_id, .. } => {
-            metrics()
-                .rule_hits
-                .with_label_values(&[rule_id, "monitor"])
-                .inc();
-            1
-        }
-        Verdict::Block(b) => {
-            metrics()
-                .rule_hits
-                .with_label_values(&[b.rule_id.as_str(), "block"])
-                .inc();
-            2
-        }
-        Verdict::Rewrite { rule_id, .. } => {
-            metrics()
-                .rule_hits
-                .with_label_values(&[rule_id, "rewrite"])
-                .inc();
-            3
-        }
+    let (verdict, rule_hit) = match &eval.verdict {
+        Verdict::Allow => (0, None),
+        Verdict::Monitored { rule_id, .. } => (1, Some((rule_id.as_str(), "monitor"))),
+        Verdict::Block(b) => (2, Some((b.rule_id.as_str(), "block"))),
+        Verdict::Rewrite { rule_id, .. } => (3, Some((rule_id.as_str(), "rewrite"))),
     };
+    if let Some((rule, kind)) = rule_hit {
+        metrics().rule_hits.with_label_values(&[rule, kind]).inc();
+    }
     loop_metrics::statement(verdict, class);
     let unparsed = eval
         .statements
