@@ -4,6 +4,9 @@
 # fsync = "interval"), counted by valgrind's callgrind. Instruction counts do
 # not depend on what else the machine runs, so this compares builds even while
 # other jobs compile; TPS (bench/run.sh) does not. See bench/README.md.
+# With PgBouncer installed it is counted too, as the reference, and for every
+# target the script also prints its hot code: the 64-byte lines of machine
+# code run at least once every two transactions (bench/hot_code.py).
 #
 #   CARGO_PROFILE_RELEASE_DEBUG=true cargo build --release --bin pgward
 #   bash bench/callgrind.sh
@@ -81,28 +84,61 @@ sha_ir() {
 
 RES=$DIR/ir.tsv
 : >"$RES"
-for target in pgward pgward-audit; do
-  args=(run --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$PGPORT")
-  [[ $target == pgward-audit ]] && args+=(--config "$DIR/audit.toml")
+# PgBouncer (session mode) as the reference, when installed: the same
+# counts for the proxy bench/run.sh compares against.
+TARGETS=(pgward pgward-audit)
+if command -v pgbouncer >/dev/null; then
+  TARGETS+=(pgbouncer)
+  printf '"postgres" ""\n' >"$DIR/userlist.txt"
+  cat >"$DIR/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PGPORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PORT
+unix_socket_dir = $DIR
+auth_type = trust
+auth_file = $DIR/userlist.txt
+pool_mode = session
+logfile = $DIR/pgbouncer-own.log
+pidfile = $DIR/pgbouncer.pid
+EOF
+  chown postgres: "$DIR/userlist.txt" "$DIR/pgbouncer.ini"
+fi
+for target in "${TARGETS[@]}"; do
   out=$DIR/cg.$target
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$PGWARD" "${args[@]}" >"$DIR/$target.log" 2>&1 &
+  # --dump-instr=yes: a cost per instruction address, for hot_code.py.
+  vg=(valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out")
+  if [[ $target == pgbouncer ]]; then
+    # PgBouncer refuses to run as root; setpriv execs, so $! is valgrind.
+    setpriv --reuid=postgres --regid=postgres --init-groups \
+      "${vg[@]}" pgbouncer "$DIR/pgbouncer.ini" >"$DIR/$target.log" 2>&1 &
+  else
+    args=(run --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$PGPORT")
+    [[ $target == pgward-audit ]] && args+=(--config "$DIR/audit.toml")
+    "${vg[@]}" "$PGWARD" "${args[@]}" >"$DIR/$target.log" 2>&1 &
+  fi
   PW_PID=$!
+  # callgrind_control must run as the user valgrind runs as (else it hangs).
+  as=()
+  [[ $target == pgbouncer ]] && as=(setpriv --reuid=postgres --regid=postgres --init-groups)
   wait_sql "$PORT" 300
   n=0
   for mode in "${MODES[@]}"; do
     "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$mode" -c 1 -t "$WARMUP" postgres >"$DIR/warm-$target-$mode.log" 2>&1
     sleep 1 # let the audit pipeline drain the warm-up events uncounted
-    callgrind_control -z "$PW_PID" >/dev/null
+    "${as[@]}" callgrind_control -z "$PW_PID" >/dev/null
     "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -S -M "$mode" -c 1 -t "$TX" postgres >"$DIR/run-$target-$mode.log" 2>&1 \
       || die "pgbench $mode through $target failed: $(tail -3 "$DIR/run-$target-$mode.log")"
     sleep 1 # the last batch reaches the file sink inside the counted window
-    callgrind_control -d "$mode" "$PW_PID" >/dev/null
+    "${as[@]}" callgrind_control -d "$mode" "$PW_PID" >/dev/null
     n=$((n + 1))
     dump="$out.$n"
     [[ -f $dump ]] || dump=$(ls -t "$out".* | head -1)
-    printf '%s\t%s\t%s\t%s\n' "$mode" "$target" "$(ir "$dump")" "$(sha_ir "$dump")" >>"$RES"
-    echo "# $target $mode: $(ir "$dump") instructions for $TX transactions" >&2
+    # Code run at least once every two transactions: the per-round-trip path.
+    hot=$(python3 "$ROOT/bench/hot_code.py" "$dump" $((TX / 2)))
+    printf '%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$(ir "$dump")" "$(sha_ir "$dump")" "$hot" >>"$RES"
+    echo "# $target $mode: $(ir "$dump") instructions for $TX transactions, $hot hot code lines" >&2
   done
   kill "$PW_PID"; wait "$PW_PID" 2>/dev/null || true
   PW_PID=""
@@ -127,3 +163,20 @@ awk -F'\t' -v tx="$TX" '
       printf "| %s | %.0f | %.0f | %+.0f | %.0f | %.3f |\n", m[i], a, b, b - a, s, (a > 0 ? b / a : 0)
     }
   }' "$RES"
+
+echo
+echo "## Hot code per round trip (64-byte lines of machine code run at least once every two transactions; bench/hot_code.py)"
+echo
+echo "| protocol | pgward Ir/tx | pgward hot code | pgbouncer Ir/tx | pgbouncer hot code |"
+echo "|---|---:|---:|---:|---:|"
+awk -F'\t' -v tx="$TX" '
+  { ir[$1 SUBSEP $2] = $3; hot[$1 SUBSEP $2] = $5; if (!($1 in seen)) { seen[$1] = 1; m[++n] = $1 } }
+  function lines(k) { return (k in hot) ? sprintf("%d lines (%.1f KiB)", hot[k], hot[k] / 16) : "-" }
+  function per_tx(k) { return (k in ir) ? sprintf("%.0f", ir[k] / tx) : "-" }
+  END {
+    for (i = 1; i <= n; i++) {
+      p = m[i] SUBSEP "pgward"; b = m[i] SUBSEP "pgbouncer"
+      printf "| %s | %s | %s | %s | %s |\n", m[i], per_tx(p), lines(p), per_tx(b), lines(b)
+    }
+  }' "$RES"
+

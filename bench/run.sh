@@ -347,6 +347,23 @@ for layout in "one core" unpinned; do
   done
 done
 
+# ---------------------------------------------------------------- 6c. CPU per query, split
+# bench/cpu_split.py, everything pinned to one core: the client's, the
+# proxy's and the backend's own CPU per query, one target at a time. A
+# proxy's cost shows in its own CPU and in what the client and the backend
+# lose when its code and data have evicted theirs (see bench/README.md).
+SPLITRES=$DIR/split.txt
+: >"$SPLITRES"
+SPLIT_TARGETS=("direct=127.0.0.1:$PGPORT" "pgbouncer=127.0.0.1:$PGBPORT:$(cat "$DIR/pgbouncer.pid")"
+  "pgward=127.0.0.1:$PWA:${PIDS[0]}" "pgward-off=127.0.0.1:$PWB:${PIDS[1]}")
+for mode in simple extended prepared; do
+  say "cpu split: $mode, one core"
+  pin_all "$LAT_CPU"
+  taskset -c "$LAT_CPU" python3 "$ROOT/bench/cpu_split.py" --mode "$mode" "${SPLIT_TARGETS[@]}" >"$DIR/split.out"
+  pin_all "0-$LAT_CPU"
+  { echo "### $mode, one core"; echo; echo '```'; cat "$DIR/split.out"; echo '```'; echo; } >>"$SPLITRES"
+done
+
 # ---------------------------------------------------------------- 7. COPY
 COPYRES=$DIR/copy.tsv
 : >"$COPYRES"
@@ -480,6 +497,10 @@ echo
 echo "## Added latency per query, interleaved (bench/latency.py; one client, queries alternate between targets)"
 echo
 cat "$LATRES"
+echo
+echo "## CPU per query: client, proxy, backend (bench/cpu_split.py; one core, one target at a time)"
+echo
+cat "$SPLITRES"
 fi
 
 echo
