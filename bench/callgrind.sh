@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/pgbouncer_config.sh
+. "$ROOT/bench/pgbouncer_config.sh"
 TX=${TX:-2000}
 WARMUP=${WARMUP:-300}
 BASE=${BASE_PORT:-25460}
@@ -89,21 +91,7 @@ RES=$DIR/ir.tsv
 TARGETS=(pgward pgward-audit)
 if command -v pgbouncer >/dev/null; then
   TARGETS+=(pgbouncer)
-  printf '"postgres" ""\n' >"$DIR/userlist.txt"
-  cat >"$DIR/pgbouncer.ini" <<EOF
-[databases]
-* = host=127.0.0.1 port=$PGPORT
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PORT
-unix_socket_dir = $DIR
-auth_type = trust
-auth_file = $DIR/userlist.txt
-pool_mode = session
-logfile = $DIR/pgbouncer-own.log
-pidfile = $DIR/pgbouncer.pid
-EOF
-  chown postgres: "$DIR/userlist.txt" "$DIR/pgbouncer.ini"
+  pgbouncer_config "$DIR" "$PGPORT" "$PORT"
 fi
 for target in "${TARGETS[@]}"; do
   out=$DIR/cg.$target

@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/pgbouncer_config.sh
+. "$ROOT/bench/pgbouncer_config.sh"
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 SCALE=${SCALE:-10}
@@ -131,27 +133,7 @@ wait_sql "$PGPORT"
 
 # ---------------------------------------------------------------- 3. PgBouncer (session mode)
 if [[ $AUDIT_ONLY != 1 ]]; then
-cat >"$DIR/userlist.txt" <<EOF
-"postgres" ""
-EOF
-cat >"$DIR/pgbouncer.ini" <<EOF
-[databases]
-* = host=127.0.0.1 port=$PGPORT
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGBPORT
-unix_socket_dir = $DIR
-auth_type = trust
-auth_file = $DIR/userlist.txt
-pool_mode = session
-max_client_conn = 2000
-default_pool_size = 100
-logfile = $DIR/pgbouncer.log
-pidfile = $DIR/pgbouncer.pid
-admin_users = postgres
-ignore_startup_parameters = extra_float_digits
-EOF
-chown postgres: "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
+pgbouncer_config "$DIR" "$PGPORT" "$PGBPORT"
 # runuser's PAM session would start PgBouncer with the distribution's soft
 # limit of 1024 files, too few for the idle reference's 1000 clients: raise
 # it to the limit pgward runs with (or to the hard limit runuser leaves).
