@@ -41,29 +41,13 @@ def cpu_ns(pid):
 
 def backend_pid(conn):
     conn.sock.sendall(msg(b"Q", cstr("SELECT pg_backend_pid()")))
-    buf = b""
-    pid = None
-    while True:
-        while len(buf) >= 5:
-            tag = buf[:1]
-            (length,) = struct.unpack("!I", buf[1:5])
-            if len(buf) < 1 + length:
-                break
-            body = buf[5:1 + length]
-            buf = buf[1 + length:]
-            if tag == b"E":
-                raise SystemExit("%s: ErrorResponse %r" % (conn.name, body))
-            if tag == b"D":
-                (size,) = struct.unpack("!i", body[2:6])
-                pid = int(body[6:6 + size])
-            if tag == b"Z":
-                if pid is None:
-                    raise SystemExit("%s: no pg_backend_pid() row" % conn.name)
-                return pid
-        chunk = conn.sock.recv(65536)
-        if not chunk:
-            raise SystemExit("%s: connection closed" % conn.name)
-        buf += chunk
+    rows = []
+    conn.until_ready(rows)
+    if not rows:
+        raise SystemExit("%s: no pg_backend_pid() row" % conn.name)
+    # DataRow: column count (int16), then the column's length (int32) and text.
+    (size,) = struct.unpack("!i", rows[0][2:6])
+    return int(rows[0][6:6 + size])
 
 
 def main():

@@ -65,8 +65,9 @@ class Conn:
         except ConnectionError as e:
             raise SystemExit("%s: %s" % (name, e))
 
-    def until_ready(self):
-        """Read messages up to and including ReadyForQuery; exit on an error."""
+    def until_ready(self, rows=None):
+        """Read messages up to and including ReadyForQuery; exit on an error.
+        DataRow bodies are appended to `rows` when given."""
         while True:
             while len(self.buf) >= 5:
                 tag = self.buf[:1]
@@ -77,6 +78,8 @@ class Conn:
                 self.buf = self.buf[1 + length:]
                 if tag == b"E":
                     raise SystemExit("%s: ErrorResponse %r" % (self.name, body))
+                if tag == b"D" and rows is not None:
+                    rows.append(body)
                 if tag == b"Z":
                     return
             chunk = self.sock.recv(65536)
