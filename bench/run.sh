@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # pgward benchmark: direct Postgres vs PgBouncer (session mode) vs pgward
-# (default policy) vs pgward (policy off), plus pgward-audit (default policy,
-# every statement audited to a file) on the select-only workloads.
+# (default policy) vs pgward (policy off), plus, on the select-only
+# workloads, pgward-audit (default policy, every statement audited to a
+# file) and pgbouncer-2, a second PgBouncer identical to the first: the
+# control that shows how far apart two identical servers measure here.
 # See bench/README.md.
 #
-#   DURATION=10 bash bench/run.sh
+#   DURATION=3 ROUNDS=9 bash bench/run.sh
 #   AUDIT_ONLY=1 DURATION=10 bash bench/run.sh   # select-only, pgward vs pgward-audit
 #
 # Environment knobs (defaults in brackets):
@@ -18,7 +20,7 @@
 #                      to drop below MAX_LOAD before measuring; LOAD_WAIT_SECS=0 skips
 #   AUDIT_ONLY=1       only the select-only workloads, only pgward and pgward-audit
 #                      (no PgBouncer, COPY or idle memory): the audit cost, quickly
-#   BASE_PORT [25400]  ports BASE+32 .. BASE+38 are used
+#   BASE_PORT [25400]  ports BASE+32 .. BASE+39 are used
 #   PGWARD_BIN         use this binary instead of `cargo build --release`
 #   KEEP_TMP=1         keep the temp dir (logs, configs) after the run
 set -euo pipefail
@@ -43,6 +45,7 @@ PWA=$((BASE + 34))      # pgward, built-in defaults (policy on)
 PWB=$((BASE + 35))      # pgward, policy off
 PWI=$((BASE + 36))      # pgward, idle-memory config (and BASE+37 for the second one)
 PWAUD=$((BASE + 38))    # pgward, default policy + audit of every statement to a file
+PGB2PORT=$((BASE + 39)) # pgbouncer-2: the same PgBouncer again, as the control
 AUDIT_ONLY=${AUDIT_ONLY:-0}
 
 say() { echo "# $*"; }
@@ -102,7 +105,9 @@ cleanup() {
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-  if [[ -f $DIR/pgbouncer.pid ]]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null; sleep 0.5; fi
+  for f in "$DIR/pgbouncer.pid" "$DIR/pgb2/pgbouncer.pid"; do
+    if [[ -f $f ]]; then kill "$(cat "$f")" 2>/dev/null; sleep 0.5; fi
+  done
   if [[ -f $DIR/data/postmaster.pid ]]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1
   fi
@@ -137,9 +142,21 @@ pgbouncer_config "$DIR" "$PGPORT" "$PGBPORT"
 # runuser's PAM session would start PgBouncer with the distribution's soft
 # limit of 1024 files, too few for the idle reference's 1000 clients: raise
 # it to the limit pgward runs with (or to the hard limit runuser leaves).
-runuser -u postgres -- sh -c 'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$2" -d "$3"' \
-  sh "$(ulimit -n)" "$PGBOUNCER" "$DIR/pgbouncer.ini"
+start_pgbouncer() { # DIR holding its pgbouncer.ini
+  runuser -u postgres -- sh -c 'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$2" -d "$3"' \
+    sh "$(ulimit -n)" "$PGBOUNCER" "$1/pgbouncer.ini"
+}
+start_pgbouncer "$DIR"
 wait_sql "$PGBPORT"
+# pgbouncer-2: the same binary and configuration in a process (and, as it
+# daemonizes, a scheduling group) of its own. Two servers that do the same
+# work measure apart by the host's noise and by where each process happens
+# to land; their ratio per workload is the resolution of this run, the
+# margin inside which pgward and PgBouncer cannot be told apart.
+mkdir -p "$DIR/pgb2"; chown postgres: "$DIR/pgb2"
+pgbouncer_config "$DIR/pgb2" "$PGPORT" "$PGB2PORT"
+start_pgbouncer "$DIR/pgb2"
+wait_sql "$PGB2PORT"
 fi
 
 # ---------------------------------------------------------------- 4. pgward x3
@@ -216,7 +233,7 @@ say "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' 
 TARGETS=(direct pgbouncer pgward pgward-off)
 port_of() {
   case $1 in
-    direct) echo "$PGPORT" ;; pgbouncer) echo "$PGBPORT" ;;
+    direct) echo "$PGPORT" ;; pgbouncer) echo "$PGBPORT" ;; pgbouncer-2) echo "$PGB2PORT" ;;
     pgward) echo "$PWA" ;; pgward-off) echo "$PWB" ;; pgward-audit) echo "$PWAUD" ;;
   esac
 }
@@ -245,10 +262,11 @@ if [[ $AUDIT_ONLY == 1 ]]; then
   WORKLOADS=("${WORKLOADS[@]:0:6}")
   WNAMES=("${WNAMES[@]:0:6}")
 fi
-# The targets of workload $1: pgward-audit joins the select-only ones.
+# The targets of workload $1: pgward-audit and the control pgbouncer-2 join
+# the select-only ones.
 targets_of() {
   if [[ $AUDIT_ONLY != 1 && ${WNAMES[$1]} == select-only* ]]; then
-    echo "${TARGETS[@]}" pgward-audit
+    echo "${TARGETS[@]}" pgward-audit pgbouncer-2
   else
     echo "${TARGETS[@]}"
   fi
@@ -309,12 +327,12 @@ LAT_CPU=$(($(nproc) - 1))
 pin_all() { # CPU list: Postgres (postmaster and every backend), PgBouncer, pgward
   local pm p
   pm=$(head -1 "$DIR/data/postmaster.pid")
-  for p in "$pm" $(pgrep -P "$pm") "$(cat "$DIR/pgbouncer.pid")" "${PIDS[@]}"; do
+  for p in "$pm" $(pgrep -P "$pm") "$(cat "$DIR/pgbouncer.pid")" "$(cat "$DIR/pgb2/pgbouncer.pid")" "${PIDS[@]}"; do
     taskset -a -cp "$1" "$p" >/dev/null 2>&1 || true
   done
 }
 LAT_TARGETS=()
-for t in "${TARGETS[@]}" pgward-audit; do LAT_TARGETS+=("$t=127.0.0.1:$(port_of "$t")"); done
+for t in "${TARGETS[@]}" pgward-audit pgbouncer-2; do LAT_TARGETS+=("$t=127.0.0.1:$(port_of "$t")"); done
 for layout in "one core" unpinned; do
   for mode in simple extended prepared; do
     say "latency: $mode, $layout, $LAT_N iterations"
@@ -337,7 +355,8 @@ done
 SPLITRES=$DIR/split.txt
 : >"$SPLITRES"
 SPLIT_TARGETS=("direct=127.0.0.1:$PGPORT" "pgbouncer=127.0.0.1:$PGBPORT:$(cat "$DIR/pgbouncer.pid")"
-  "pgward=127.0.0.1:$PWA:${PIDS[0]}" "pgward-off=127.0.0.1:$PWB:${PIDS[1]}")
+  "pgward=127.0.0.1:$PWA:${PIDS[0]}" "pgward-off=127.0.0.1:$PWB:${PIDS[1]}"
+  "pgbouncer-2=127.0.0.1:$PGB2PORT:$(cat "$DIR/pgb2/pgbouncer.pid")")
 for mode in simple extended prepared; do
   say "cpu split: $mode, one core"
   pin_all "$LAT_CPU"
@@ -461,8 +480,8 @@ awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
     for (i = 1; i <= no; i++) { k = order[i]; split(k, p, SUBSEP); wl[p[1]] = 1 }
     nw = 0
     for (i = 1; i <= no; i++) { split(order[i], p, SUBSEP); if (!(p[1] in seen)) { seen[p[1]] = 1; ws[++nw] = p[1] } }
-    split("direct pgbouncer pgward pgward-off pgward-audit", ts, " ")
-    for (w = 1; w <= nw; w++) for (j = 1; j <= 5; j++) {
+    nt = split("direct pgbouncer pgbouncer-2 pgward pgward-off pgward-audit", ts, " ")
+    for (w = 1; w <= nw; w++) for (j = 1; j <= nt; j++) {
       k = ws[w] SUBSEP ts[j]; if (!(k in n)) continue
       d = ws[w] SUBSEP "direct"; b = ws[w] SUBSEP "pgbouncer"
       T = tps[k] / n[k]; L = lat[k] / n[k]
@@ -475,6 +494,46 @@ awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
   }' "$RES"
 
 if [[ $AUDIT_ONLY != 1 ]]; then
+# Parity: is pgward ahead of PgBouncer, level with it, or behind? Each
+# round gives one ratio per select-only workload (target and PgBouncer ran
+# back to back); the table shows their median with a confidence interval
+# for it that assumes nothing about their distribution (order statistics:
+# with n ratios, the k-th smallest and the k-th largest bound the median
+# with probability 1 - 2 P(Bin(n, 1/2) < k), k chosen for at least 95 %
+# where n allows it). A row is "ahead" or "behind" only when the whole
+# interval is on one side of 1, and only with an interval of at least 90 %
+# (five rounds or more); with fewer it says "too few rounds". pgbouncer-2 is PgBouncer again: the
+# control column is what "level" looks like on this host in this run, and
+# pgward is compared with both instances, since rounds average out the
+# host's noise but not what sets one process apart from an identical one.
+echo
+echo "## Parity with PgBouncer: median of the per-round TPS ratios, with its confidence interval"
+echo
+awk -F'\t' -v rounds="$ROUNDS" '
+  function sort(v, m,   i, j, x) { for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x } }
+  function below(n, k,   j, c, s) { c = 1; s = 0; for (j = 0; j < k; j++) { s += c; c = c * (n - j) / (j + 1) } return s / 2 ^ n }
+  function cell(w, t, ref,   r, m, v, k, lo, hi, med, cover, word) {
+    m = 0
+    # (Test membership first: reading a missing element would create it.)
+    for (r = 0; r < rounds; r++) if ((w SUBSEP t SUBSEP r) in rt && (w SUBSEP ref SUBSEP r) in rt && rt[w SUBSEP ref SUBSEP r] > 0)
+      v[++m] = rt[w SUBSEP t SUBSEP r] / rt[w SUBSEP ref SUBSEP r]
+    if (m == 0) return "- | -"
+    sort(v, m)
+    k = 1
+    while (k + 1 <= (m + 1) / 2 && below(m, k + 1) <= 0.025) k++
+    lo = v[k]; hi = v[m + 1 - k]
+    med = m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+    cover = 1 - 2 * below(m, k)
+    word = cover < 0.9 ? "too few rounds" : (lo > 1 ? "ahead" : (hi < 1 ? "behind" : "level"))
+    return sprintf("%.3f [%.3f, %.3f] (%.1f %%, n=%d) | %s", med, lo, hi, 100 * cover, m, word)
+  }
+  $1 ~ /^select-only/ { if (!($1 in seen)) { seen[$1] = 1; ws[++nw] = $1 } rt[$1 SUBSEP $2 SUBSEP $5] = $3 }
+  END {
+    print "| workload | pgward / pgbouncer | | pgward / pgbouncer-2 | | pgbouncer-2 / pgbouncer (control) | |"
+    print "|---|---|---|---|---|---|---|"
+    for (w = 1; w <= nw; w++)
+      printf "| %s | %s | %s | %s |\n", ws[w], cell(ws[w], "pgward", "pgbouncer"), cell(ws[w], "pgward", "pgbouncer-2"), cell(ws[w], "pgbouncer-2", "pgbouncer")
+  }' "$RES"
 echo
 echo "## Added latency per query, interleaved (bench/latency.py; one client, queries alternate between targets)"
 echo
