@@ -346,7 +346,7 @@ LAT_CPU=$(($(nproc) - 1))
 pin_all() { # CPU list: Postgres (postmaster and every backend), PgBouncer, pgward
   local pm p
   pm=$(head -1 "$DIR/data/postmaster.pid")
-  for p in "$pm" $(pgrep -P "$pm") "$(cat "$DIR/pgbouncer.pid")" "$(cat "$DIR/pgb2/pgbouncer.pid")" "${PIDS[@]}"; do
+  for p in "$pm" $(pgrep -P "$pm") "$(pid_of pgbouncer)" "$(pid_of pgbouncer-2)" "${PIDS[@]}"; do
     taskset -a -cp "$1" "$p" >/dev/null 2>&1 || true
   done
 }
@@ -373,9 +373,10 @@ done
 # lose when its code and data have evicted theirs (see bench/README.md).
 SPLITRES=$DIR/split.txt
 : >"$SPLITRES"
-SPLIT_TARGETS=("direct=127.0.0.1:$PGPORT" "pgbouncer=127.0.0.1:$PGBPORT:$(cat "$DIR/pgbouncer.pid")"
-  "pgward=127.0.0.1:$PWA:${PIDS[0]}" "pgward-off=127.0.0.1:$PWB:${PIDS[1]}"
-  "pgbouncer-2=127.0.0.1:$PGB2PORT:$(cat "$DIR/pgb2/pgbouncer.pid")")
+SPLIT_TARGETS=("direct=127.0.0.1:$PGPORT")
+for t in pgbouncer pgward pgward-off pgbouncer-2; do
+  SPLIT_TARGETS+=("$t=127.0.0.1:$(port_of "$t"):$(pid_of "$t")")
+done
 for mode in simple extended prepared; do
   say "cpu split: $mode, one core"
   pin_all "$LAT_CPU"
@@ -464,7 +465,7 @@ stop_idle_pgward
 start_idle_pgward $((PWI + 1))
 idle_measure "pgward pre-startup (TCP only, no startup packet)" "$IDLE_PID" $((PWI + 1)) "$IDLE_RAW_N" --no-startup
 stop_idle_pgward
-idle_measure "pgbouncer authenticated (reference)" "$(cat "$DIR/pgbouncer.pid")" "$PGBPORT" "$IDLE_AUTH_N"
+idle_measure "pgbouncer authenticated (reference)" "$(pid_of pgbouncer)" "$PGBPORT" "$IDLE_AUTH_N"
 fi
 
 LOAD_AFTER=$(cat /proc/loadavg)
@@ -475,14 +476,19 @@ LOAD_AFTER=$(cat /proc/loadavg)
 # shared machine cancel in each ratio, and one disturbed run moves a median
 # of three or more rounds less than it moves a mean.
 MEDIAN_AWK='
-  function median(v, m,   i, j, x) {
-    for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
-    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-  }
-  function paired(w, t, ref,   r, m, v) {
+  # ratios: fill v with the per-round ratios of t to ref of workload w,
+  # sorted; returns how many. (Membership is tested first: reading a
+  # missing element would create it.)
+  function ratios(w, t, ref, v,   r, m, i, j, x) {
     m = 0
     for (r = 0; r < rounds; r++) if ((w SUBSEP t SUBSEP r) in rt && (w SUBSEP ref SUBSEP r) in rt && rt[w SUBSEP ref SUBSEP r] > 0)
       v[++m] = rt[w SUBSEP t SUBSEP r] / rt[w SUBSEP ref SUBSEP r]
+    for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+    return m
+  }
+  function median(v, m) { return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
+  function paired(w, t, ref,   m, v) {
+    m = ratios(w, t, ref, v)
     return m ? median(v, m) : -1
   }'
 
@@ -521,27 +527,23 @@ if [[ $AUDIT_ONLY != 1 ]]; then
 # with probability 1 - 2 P(Bin(n, 1/2) < k), k chosen for at least 95 %
 # where n allows it). A row is "ahead" or "behind" only when the whole
 # interval is on one side of 1, and only with an interval of at least 90 %
-# (five rounds or more); with fewer it says "too few rounds". pgbouncer-2 is PgBouncer again: the
-# control column is what "level" looks like on this host in this run, and
+# (five rounds or more); with fewer it says "too few rounds". pgbouncer-2
+# is PgBouncer again: the control column is what "level" looks like on
+# this host in this run, and
 # pgward is compared with both instances, since rounds average out the
 # host's noise but not what sets one process apart from an identical one.
 echo
 echo "## Parity with PgBouncer: median of the per-round TPS ratios, with its confidence interval"
 echo
-awk -F'\t' -v rounds="$ROUNDS" '
-  function sort(v, m,   i, j, x) { for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x } }
+awk -F'\t' -v rounds="$ROUNDS" "$MEDIAN_AWK"'
   function below(n, k,   j, c, s) { c = 1; s = 0; for (j = 0; j < k; j++) { s += c; c = c * (n - j) / (j + 1) } return s / 2 ^ n }
-  function cell(w, t, ref,   r, m, v, k, lo, hi, med, cover, word) {
-    m = 0
-    # (Test membership first: reading a missing element would create it.)
-    for (r = 0; r < rounds; r++) if ((w SUBSEP t SUBSEP r) in rt && (w SUBSEP ref SUBSEP r) in rt && rt[w SUBSEP ref SUBSEP r] > 0)
-      v[++m] = rt[w SUBSEP t SUBSEP r] / rt[w SUBSEP ref SUBSEP r]
+  function cell(w, t, ref,   m, v, k, lo, hi, med, cover, word) {
+    m = ratios(w, t, ref, v)
     if (m == 0) return "- | -"
-    sort(v, m)
     k = 1
     while (k + 1 <= (m + 1) / 2 && below(m, k + 1) <= 0.025) k++
     lo = v[k]; hi = v[m + 1 - k]
-    med = m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+    med = median(v, m)
     cover = 1 - 2 * below(m, k)
     word = cover < 0.9 ? "too few rounds" : (lo > 1 ? "ahead" : (hi < 1 ? "behind" : "level"))
     return sprintf("%.3f [%.3f, %.3f] (%.1f %%, n=%d) | %s", med, lo, hi, 100 * cover, m, word)
