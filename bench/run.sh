@@ -22,6 +22,7 @@
 #                      (no PgBouncer, COPY or idle memory): the audit cost, quickly
 #   BASE_PORT [25400]  ports BASE+32 .. BASE+39 are used
 #   PGWARD_BIN         use this binary instead of `cargo build --release`
+#   PGO=1              build with deploy/build-pgo.sh (profile-guided) instead
 #   KEEP_TMP=1         keep the temp dir (logs, configs) after the run
 set -euo pipefail
 
@@ -58,6 +59,9 @@ say "open-file limit: $(ulimit -n)"
 # ---------------------------------------------------------------- 1. build
 if [[ -n "${PGWARD_BIN:-}" ]]; then
   PGWARD=$PGWARD_BIN
+elif [[ ${PGO:-0} == 1 ]]; then
+  say "deploy/build-pgo.sh (profile-guided build)"
+  PGWARD=$(bash "$ROOT/deploy/build-pgo.sh")
 else
   say "cargo build --release"
   (cd "$ROOT" && cargo build --release --quiet)
